@@ -1,0 +1,87 @@
+"""The ``deepserve`` command: serve, models, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from server.settings import DEFAULT_REPOSITORY, Settings
+
+app = typer.Typer(help="deepserve: a model-serving inference server.", no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """deepserve: a model-serving inference server."""
+
+
+def _opt(help_text: str, env: str):
+    return typer.Option(help=f"{help_text} [env: DEEPSERVE_{env}]", show_default=False)
+
+
+@app.command()
+def serve(
+    model_repository: Annotated[Optional[Path], _opt("Model repository folder (default: ./model_repository, built if missing).", "MODEL_REPOSITORY")] = None,
+    host: Annotated[Optional[str], _opt("Bind address (default 0.0.0.0).", "HOST")] = None,
+    http_port: Annotated[Optional[int], _opt("HTTP port (default 8000).", "HTTP_PORT")] = None,
+    grpc_port: Annotated[Optional[int], _opt("gRPC port (default 8001).", "GRPC_PORT")] = None,
+    metrics_port: Annotated[Optional[int], _opt("Also serve /metrics on this port (off by default).", "METRICS_PORT")] = None,
+    grpc: Annotated[Optional[bool], typer.Option("--grpc/--no-grpc", help="Serve gRPC too (default on). [env: DEEPSERVE_GRPC_ENABLED]", show_default=False)] = None,
+    max_request_bytes: Annotated[Optional[int], _opt("Largest request body in bytes (default 64 MiB).", "MAX_REQUEST_BYTES")] = None,
+    default_max_batch_size: Annotated[Optional[int], _opt("max_batch_size for config-less ONNX models (default 4).", "DEFAULT_MAX_BATCH_SIZE")] = None,
+    default_max_queue_size: Annotated[Optional[int], _opt("Queue bound where a config sets none (default 1024).", "DEFAULT_MAX_QUEUE_SIZE")] = None,
+    cpu_threads: Annotated[Optional[int], _opt("Cores the runtimes share (default all).", "CPU_THREADS")] = None,
+    log_level: Annotated[Optional[str], _opt("debug, info, warning, error (default info).", "LOG_LEVEL")] = None,
+) -> None:
+    """Serve a model repository over HTTP (v2, /metrics) and gRPC."""
+    given = {
+        "model_repository": model_repository, "host": host, "http_port": http_port, "grpc_port": grpc_port,
+        "metrics_port": metrics_port, "grpc_enabled": grpc, "max_request_bytes": max_request_bytes,
+        "default_max_batch_size": default_max_batch_size, "default_max_queue_size": default_max_queue_size,
+        "cpu_threads": cpu_threads, "log_level": log_level,
+    }
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    if settings.model_repository == DEFAULT_REPOSITORY and settings.build_default_repository:
+        _ensure_default_repository(settings.model_repository)
+    from server.serve import run
+
+    run(settings)
+
+
+def _ensure_default_repository(path: Path) -> None:
+    if path.is_dir() and any(path.iterdir()):
+        return
+    try:
+        from export.default_repository import build_default_repository
+    except ImportError as exc:
+        raise typer.BadParameter(
+            f"{path} does not exist and cannot be built here ({exc}); install the export extra "
+            "(pip install -e '.[export]') or pass --model-repository"
+        ) from None
+    typer.echo(f"building the default model repository in {path} ...")
+    build_default_repository(path)
+
+
+def _mount_optional() -> None:
+    """`deepserve export ...` and `deepserve models ...` come from the export package
+    (torch and friends), which a serving-only install does not have."""
+    try:
+        from export.cli import app as export_app
+        from export.cli import models_app
+    except ImportError:
+        return
+    app.add_typer(export_app, name="export", help="Export torch models to ONNX / TensorRT, quantize, prune.")
+    app.add_typer(models_app, name="models", help="Build the default and benchmark model repositories.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Errors raised by the core, the repository, the scheduler and the runtimes.
+
+Each frontend maps these to its own status codes in one function
+(HTTP: ``server.frontends.http.errors``; gRPC: ``server.frontends.grpc.errors``).
+No HTTP or gRPC type ever crosses into the layers below the frontends.
+"""
+
+from __future__ import annotations
+
+
+class DeepserveError(Exception):
+    """Base class. ``reason`` is the label used on failure metrics."""
+
+    reason = "OTHER"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(DeepserveError):
+    """The request does not fit the model (names, datatypes, shapes, sizes)."""
+
+    reason = "INVALID"
+
+
+class ModelNotFound(DeepserveError):
+    """No such model, or no such version of it, in the repository."""
+
+    reason = "NOT_FOUND"
+
+
+class Unavailable(DeepserveError):
+    """The model exists but cannot take the request now (not ready, unloading, shutting down)."""
+
+    reason = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(Unavailable):
+    """The model's queue is at ``max_queue_size``: refused at once."""
+
+    reason = "REJECTED"
+
+
+class Timeout(Unavailable):
+    """The request waited in the queue past its timeout and was rejected."""
+
+    reason = "REJECTED"
+
+
+class Unsupported(DeepserveError):
+    """A feature the server does not implement (maps to 501 / UNIMPLEMENTED)."""
+
+    reason = "OTHER"
+
+
+class ModelError(DeepserveError):
+    """The runtime failed while executing a batch (maps to 500 / INTERNAL)."""
+
+    reason = "BACKEND"

@@ -1,0 +1,140 @@
+"""Triton's statistics extension: per model version counts and cumulative nanoseconds.
+
+``telemetry`` is the one observer a model version hands its batcher and the service:
+it feeds both the Prometheus children and these statistics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from server.observability.metrics import ModelMetrics
+from server.scheduling.batcher import BatchTimings
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+    def as_json(self) -> dict:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class BatchStat:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ModelStatistics:
+    name: str
+    version: str
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStat] = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        """Triton's ``ModelStatistics`` JSON shape."""
+        zero = Duration().as_json()
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_json(),
+                "fail": self.fail.as_json(),
+                "queue": self.queue.as_json(),
+                "compute_input": self.compute_input.as_json(),
+                "compute_infer": self.compute_infer.as_json(),
+                "compute_output": self.compute_output.as_json(),
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "response_stats": {},
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": stat.compute_input.as_json(),
+                    "compute_infer": stat.compute_infer.as_json(),
+                    "compute_output": stat.compute_output.as_json(),
+                }
+                for size, stat in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }
+
+
+class ModelTelemetry:
+    """The observer of one model version: Prometheus children plus Triton statistics.
+
+    Called from the event loop only (the batcher reports after its worker thread is
+    done), but statistics are read by frontends too, so updates hold a lock.
+    """
+
+    def __init__(self, metrics: ModelMetrics, name: str, version: str) -> None:
+        self.metrics = metrics
+        self.stats = ModelStatistics(name, version)
+        self._lock = threading.Lock()
+
+    # BatchObserver
+    def pending(self, count: int) -> None:
+        self.metrics.pending(count)
+
+    def dropped(self, reason: str) -> None:
+        self.metrics.dropped(reason)
+
+    def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None:
+        self.metrics.batch_done(batch_rows, requests, timings, ok)
+        if not ok:
+            return
+        with self._lock:
+            s = self.stats
+            s.inference_count += batch_rows
+            s.execution_count += 1
+            s.last_inference_ms = int(time.time() * 1000)
+            for queue_s in timings.queue_s:
+                s.queue.add(queue_s)
+            # Triton counts compute per request; the batch's time is charged to each.
+            s.compute_input.add(timings.input_s * requests, requests)
+            s.compute_infer.add(timings.infer_s * requests, requests)
+            s.compute_output.add(timings.output_s * requests, requests)
+            stat = s.batches.setdefault(batch_rows, BatchStat())
+            stat.compute_input.add(timings.input_s)
+            stat.compute_infer.add(timings.infer_s)
+            stat.compute_output.add(timings.output_s)
+
+    # the service's side
+    def request_started(self) -> None:
+        self.metrics.inflight.inc()
+
+    def request_finished(self, duration_s: float, failure_reason: str | None) -> None:
+        self.metrics.inflight.dec()
+        if failure_reason is None:
+            self.metrics.success.inc()
+            self.metrics.request_s.observe(duration_s)
+        else:
+            self.metrics.failure(failure_reason)
+        with self._lock:
+            (self.stats.success if failure_reason is None else self.stats.fail).add(duration_s)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return self.stats.as_json()

@@ -1,0 +1,194 @@
+"""The model repository: scan a Triton-layout folder, load, unload, reload, report states.
+
+A model whose config or file is broken is UNAVAILABLE with its reason in the index; the
+others keep serving. A reload builds the new versions first and swaps them in only when
+they are ready, so a failed reload leaves the previous versions serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.core.errors import DeepserveError, InvalidInput, ModelNotFound, Unavailable
+from server.observability.metrics import Metrics
+from server.observability.stats import ModelTelemetry
+from server.repository.config import ModelConfig, read_config
+from server.repository.model import LoadedModel, LoadOptions, load_version, select_versions
+from server.scheduling.batcher import DynamicBatcher
+from server.scheduling.policy import batch_policy_from_config
+
+log = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    name: str
+    state: str = UNAVAILABLE
+    reason: str = ""
+    versions: dict[str, LoadedModel] = field(default_factory=dict)  # the serving ones
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    temp_dir: Path | None = None  # files given with a load request live here
+
+
+class ModelRepository:
+    def __init__(self, root: Path, options: LoadOptions, metrics: Metrics) -> None:
+        self.root = root
+        self.options = options
+        self.metrics = metrics
+        self._entries: dict[str, ModelEntry] = {}
+
+    # -- startup / shutdown ----------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Load every model folder; failures are recorded, never raised."""
+        if not self.root.is_dir():
+            raise InvalidInput(f"model repository {self.root} is not a folder")
+        for path in sorted(self.root.iterdir()):
+            if path.is_dir() and not path.name.startswith("."):
+                try:
+                    await self.load(path.name)
+                except DeepserveError as exc:
+                    log.error("model %s is UNAVAILABLE: %s", path.name, exc.message)
+
+    async def aclose(self) -> None:
+        for name in list(self._entries):
+            await self.unload(name)
+
+    # -- queries -------------------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        if not entry.versions:
+            raise Unavailable(f"model '{name}' is not ready ({entry.state}{': ' + entry.reason if entry.reason else ''})")
+        if not version:
+            return entry.versions[max(entry.versions, key=int)]
+        model = entry.versions.get(version)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' has no ready version '{version}'; ready: {sorted(entry.versions, key=int)}")
+        return model
+
+    def ready(self) -> bool:
+        """Server readiness: every model that is meant to be loaded is READY."""
+        return all(entry.state == READY for entry in self._entries.values() if entry.reason != "unloaded")
+
+    def models(self) -> list[LoadedModel]:
+        return [m for entry in self._entries.values() for m in entry.versions.values()]
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: name, version, state, reason."""
+        names = {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")} | set(self._entries)
+        rows: list[dict] = []
+        for name in sorted(names):
+            entry = self._entries.get(name)
+            if entry is None:
+                rows.append({"name": name, "state": UNAVAILABLE, "reason": "unloaded"})
+                continue
+            for version in sorted(entry.versions, key=int):
+                rows.append({"name": name, "version": version, "state": READY, "reason": ""})
+            if not entry.versions:
+                rows.append({"name": name, "state": entry.state, "reason": entry.reason})
+        return [r for r in rows if r["state"] == READY] if ready_only else rows
+
+    # -- load / unload ---------------------------------------------------------------
+
+    async def load(self, name: str, config: ModelConfig | None = None, files: dict[str, bytes] | None = None) -> None:
+        """(Re)load a model; ``config`` overrides the folder's, ``files`` replace its files."""
+        if files and config is None:
+            raise InvalidInput("loading with files requires a config")
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        async with entry.lock:
+            model_dir, temp_dir = self._model_dir(name, files)
+            if entry.state != READY:
+                entry.state, entry.reason = LOADING, ""
+            try:
+                new = await self._load_versions(name, model_dir, config)
+            except DeepserveError as exc:
+                if temp_dir is not None:
+                    shutil.rmtree(temp_dir, ignore_errors=True)
+                if not entry.versions:
+                    entry.state, entry.reason = UNAVAILABLE, exc.message
+                raise
+            old, old_temp = entry.versions, entry.temp_dir
+            entry.versions, entry.temp_dir = new, temp_dir
+            entry.state, entry.reason = READY, ""
+            await self._retire(old.values(), keep_series=set(new))
+            if old_temp is not None:
+                shutil.rmtree(old_temp, ignore_errors=True)
+
+    async def unload(self, name: str) -> None:
+        entry = self._entries.get(name)
+        if entry is None:
+            if (self.root / name).is_dir():
+                return  # already unloaded
+            raise ModelNotFound(f"unknown model '{name}'")
+        async with entry.lock:
+            entry.state = UNLOADING
+            old, entry.versions = entry.versions, {}
+            await self._retire(old.values())
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            if entry.temp_dir is not None:
+                shutil.rmtree(entry.temp_dir, ignore_errors=True)
+                entry.temp_dir = None
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _model_dir(self, name: str, files: dict[str, bytes] | None) -> tuple[Path, Path | None]:
+        if not files:
+            path = self.root / name
+            if not path.is_dir():
+                raise ModelNotFound(f"no model folder '{name}' in the repository {self.root}")
+            return path, None
+        temp = Path(tempfile.mkdtemp(prefix=f"deepserve-{name}-"))
+        for key, data in files.items():
+            relative = Path(key.removeprefix("file:"))
+            if not key.startswith("file:") or relative.is_absolute() or ".." in relative.parts:
+                shutil.rmtree(temp, ignore_errors=True)
+                raise InvalidInput(f"file parameter '{key}' must look like 'file:<version>/<filename>'")
+            target = temp / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return temp, temp
+
+    async def _load_versions(self, name: str, model_dir: Path, override: ModelConfig | None) -> dict[str, LoadedModel]:
+        config = override if override is not None else await asyncio.to_thread(read_config, model_dir)
+        versions = select_versions(model_dir, config)
+        loaded: dict[str, LoadedModel] = {}
+        try:
+            for version in versions:
+                started = time.perf_counter()
+                telemetry = ModelTelemetry(self.metrics.model(name, version), name, version)
+                model = await asyncio.to_thread(load_version, name, version, model_dir, config, self.options, telemetry)
+                policy = batch_policy_from_config(model.config, self.options.default_max_queue_size)
+                model.batcher = DynamicBatcher(policy, model.instances, telemetry)
+                model.batcher.start()
+                telemetry.metrics.load_s.set(time.perf_counter() - started)
+                loaded[version] = model
+                log.info("loaded %s version %s (%d instance(s))", name, version, len(model.instances))
+        except Exception as exc:
+            await self._retire(loaded.values())
+            if isinstance(exc, DeepserveError):
+                raise
+            raise InvalidInput(f"model '{name}' failed to load: {exc!r}") from exc
+        return loaded
+
+    async def _retire(self, models, keep_series: set[str] = frozenset()) -> None:
+        """Let queued and running requests finish, then free the runtimes.
+
+        ``keep_series``: versions whose metric series the replacing load still uses.
+        """
+        for model in list(models):
+            if model.batcher is not None:
+                await model.batcher.aclose()
+            await asyncio.to_thread(model.unload_instances)
+            if model.version not in keep_series:
+                self.metrics.forget(model.name, model.version)

@@ -1,0 +1,189 @@
+"""The batching decision, free of I/O: which queued requests run together, and when.
+
+The driver (:mod:`server.scheduling.batcher`) owns the event loop, the threads and the
+runtimes; this module only answers ``schedule(now)``. Time is always passed in, so the
+tests drive it with a hand-set clock instead of sleeping through delay windows.
+
+Queue layout (one deque per priority level, 1 = highest; then requests whose timeout
+expired under ``timeout_action: DELAY``)::
+
+    level 1:  [r7 r9]
+    level 2:  [r1 r2 r5 r8]          <- FIFO within a level
+    delayed:  [r3]                   <- only when nothing else is compatible
+    batch  =  r7 r9 r1 r2 ...        (same non-batch shapes, rows <= max_batch_size)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from server.core.errors import QueueFull
+from server.scheduling.policy import BatchPolicy, TimeoutAction
+
+
+class Ticket(Protocol):
+    """What the scheduler needs of the caller's handle (an ``asyncio.Future`` in practice)."""
+
+    def cancelled(self) -> bool: ...
+
+
+@dataclass(eq=False, slots=True)
+class QueuedRequest:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    level: int
+    enqueued_s: float
+    deadline_s: float | None
+    action: TimeoutAction
+    ticket: Ticket
+    key: tuple = ()  # requests batch together only when their keys are equal
+    delayed: bool = False
+    context: Any = None  # opaque to the scheduler (the driver keeps its own data here)
+
+
+def batch_key(inputs: dict[str, np.ndarray]) -> tuple:
+    """Requests concatenate along rows only when every other dimension and dtype agree."""
+    return tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(inputs.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    requests: tuple[QueuedRequest, ...]
+    rows: int
+
+
+@dataclass(slots=True)
+class Plan:
+    """One scheduling decision. ``batch`` is None when nothing should run now."""
+
+    batch: Batch | None = None
+    expired: list[QueuedRequest] = field(default_factory=list)  # rejected: timed out
+    cancelled: list[QueuedRequest] = field(default_factory=list)  # the caller went away
+    wake_at_s: float | None = None  # call schedule() again by then, even with no new request
+
+
+class BatchScheduler:
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self._levels: dict[int, deque[QueuedRequest]] = {
+            level: deque() for level in range(1, policy.priority_levels + 1)
+        }
+        self._delayed: deque[QueuedRequest] = deque()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, request: QueuedRequest) -> None:
+        """Queue a request, or refuse it at once when its level's queue is full."""
+        queue = self._levels[request.level]
+        limit = self.policy.queue_policy(request.level).max_queue_size
+        if len(queue) >= limit:
+            raise QueueFull(f"the queue of priority level {request.level} is full ({limit} requests); retry later")
+        queue.append(request)
+        self._count += 1
+
+    def drain(self) -> list[QueuedRequest]:
+        """Remove and return everything queued (used when the model goes away)."""
+        out = [r for q in (*self._levels.values(), self._delayed) for r in q]
+        for q in (*self._levels.values(), self._delayed):
+            q.clear()
+        self._count = 0
+        return out
+
+    def schedule(self, now_s: float, can_dispatch: bool = True) -> Plan:
+        plan = Plan()
+        self._sweep(now_s, plan)
+        if not can_dispatch or self._count == 0:
+            return plan
+        chosen, rows = self._candidates()
+        size = self._dispatch_size(chosen, rows, now_s)
+        if size is None:
+            head = chosen[0]
+            plan.wake_at_s = _earliest(plan.wake_at_s, head.enqueued_s + self.policy.max_queue_delay_us / 1e6)
+            return plan
+        batch = chosen[:size]
+        self._remove(batch)
+        plan.batch = Batch(tuple(batch), sum(r.rows for r in batch))
+        return plan
+
+    # -- phases --------------------------------------------------------------------
+
+    def _sweep(self, now_s: float, plan: Plan) -> None:
+        """Drop cancelled requests, expire timed-out ones, note the next deadline."""
+        for queue in (*self._levels.values(), self._delayed):
+            if not queue:
+                continue
+            keep: deque[QueuedRequest] = deque()
+            for request in queue:
+                if request.ticket.cancelled():
+                    plan.cancelled.append(request)
+                elif request.deadline_s is not None and request.deadline_s <= now_s:
+                    if request.action is TimeoutAction.REJECT:
+                        plan.expired.append(request)
+                    else:
+                        request.deadline_s, request.delayed = None, True
+                        self._delayed.append(request)
+                else:
+                    keep.append(request)
+                    if request.deadline_s is not None:
+                        plan.wake_at_s = _earliest(plan.wake_at_s, request.deadline_s)
+            if len(keep) != len(queue):
+                queue.clear()
+                queue.extend(keep)
+        self._count = sum(len(q) for q in self._levels.values()) + len(self._delayed)
+
+    def _candidates(self) -> tuple[list[QueuedRequest], list[int]]:
+        """Requests that could run together, in priority then arrival order, with
+        cumulative row counts; stops before the first one that would overflow."""
+        ordered = itertools.chain(*self._levels.values(), self._delayed)
+        head = next(ordered)
+        chosen, rows = [head], [head.rows]
+        if not self.policy.batching:
+            return chosen, rows
+        for request in ordered:
+            if request.key != head.key:
+                continue
+            total = rows[-1] + request.rows
+            if total > self.policy.max_batch_size:
+                break
+            chosen.append(request)
+            rows.append(total)
+        return chosen, rows
+
+    def _dispatch_size(self, chosen: list[QueuedRequest], rows: list[int], now_s: float) -> int | None:
+        """How many of ``chosen`` to run now, or None to wait for more (Triton's rules)."""
+        policy = self.policy
+        if not policy.batching or rows[-1] >= policy.max_batch_size:
+            return len(chosen)
+        # The largest preferred size that a prefix of the queue forms exactly.
+        preferred = [i + 1 for i, total in enumerate(rows) if total in policy.preferred_batch_sizes]
+        if preferred:
+            return preferred[-1]
+        waited_us = (now_s - chosen[0].enqueued_s) * 1e6
+        if waited_us >= policy.max_queue_delay_us:
+            return len(chosen)
+        return None
+
+    def _remove(self, batch: list[QueuedRequest]) -> None:
+        ids = {id(r) for r in batch}
+        for queue in (*self._levels.values(), self._delayed):
+            n = 0
+            while n < len(queue) and id(queue[n]) in ids:
+                n += 1
+            for _ in range(n):
+                queue.popleft()
+            if any(id(r) in ids for r in queue):
+                kept = [r for r in queue if id(r) not in ids]
+                queue.clear()
+                queue.extend(kept)
+        self._count -= len(batch)
+
+
+def _earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
