@@ -1,0 +1,75 @@
+"""The repository deepserve serves out of the box, and the benchmark repository.
+
+Both builds are idempotent: an entry whose fingerprint (weights, export spec, config,
+exporter versions) matches what is on disk is left alone unless ``force``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import torch
+
+from export.families import Family, get_family
+from export.onnx import export_onnx, ort_runner
+from export.parity import ParityReport, check_elementwise
+from export.repository import (
+    FINGERPRINT_KEY, DynamicBatching, EntryConfig, TensorConfig, config_text, fingerprint, is_up_to_date, model_config,
+    tensors_from_onnx, write_entry,
+)
+
+log = logging.getLogger(__name__)
+
+
+def export_family_entry(
+    dest: Path,
+    family: Family,
+    name: str,
+    *,
+    batching: bool = True,
+    weights: Path | None = None,
+    version: int = 1,
+    force: bool = False,
+) -> ParityReport | None:
+    """Write ``dest/name`` as the family's fp32 ONNX; None when already up to date."""
+    entry = _entry_for(family, name, batching)
+    print_ = fingerprint(family.weights_digest(weights), repr(family.spec), config_text(model_config(entry)),
+                         torch.__version__, onnx.__version__)
+    if not force and is_up_to_date(dest, name, print_, version):
+        log.info("%s is up to date in %s", name, dest)
+        return None
+    module = family.build(weights)
+    model = export_onnx(module, family.spec)
+    held = family.held_out()[0] if family.held_out is not None else None
+    report = check_elementwise("fp32", module, ort_runner(model, family.spec), family.spec, held)
+    inputs, outputs = tensors_from_onnx(model, labels_for=family.label_output if family.labels else None)
+    entry = replace(entry, inputs=inputs, outputs=outputs, parameters={**entry.parameters, FINGERPRINT_KEY: print_})
+    write_entry(dest, entry, model.SerializeToString(), version=version, labels=family.labels)
+    log.info("wrote %s: %s", dest / name, report.summary())
+    return report
+
+
+def _entry_for(family: Family, name: str, batching: bool) -> EntryConfig:
+    spec = family.spec
+    inputs = tuple(TensorConfig(i.name, "TYPE_FP32", i.dims) for i in spec.inputs)
+    outputs = tuple(TensorConfig(o.name, "TYPE_FP32", o.dims, "labels.txt" if family.labels and o.name == family.label_output else None)
+                    for o in spec.outputs)
+    db = DynamicBatching(family.preferred_batch_size, 500) if batching else None
+    return EntryConfig(name, inputs, outputs, max_batch_size=family.max_batch_size, dynamic_batching=db)
+
+
+def build_default_repository(dest: Path, *, force: bool = False) -> None:
+    """``digits``: the trained digits CNN, fp32 ONNX, dynamically batched on one CPU instance."""
+    export_family_entry(Path(dest), get_family("digits"), "digits", force=force)
+
+
+def build_benchmark_repository(dest: Path, *, force: bool = False) -> None:
+    """``resnet_bench``, ``mlp_tiny`` (dynamic batching) and their ``*_nobatch`` twins."""
+    dest = Path(dest)
+    for family_name, name in (("resnet_bench", "resnet_bench"), ("mlp_tiny", "mlp_tiny")):
+        family = get_family(family_name)
+        export_family_entry(dest, family, name, force=force)
+        export_family_entry(dest, family, f"{name}_nobatch", batching=False, force=force)
