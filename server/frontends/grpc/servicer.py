@@ -1,0 +1,250 @@
+"""``inference.GRPCInferenceService``: a thin translation layer over :class:`InferenceService`.
+
+Every RPC decodes with :mod:`.codec`, calls the service, encodes back; core errors become
+gRPC statuses in :func:`.errors.status_for` (one place). The servicer knows nothing
+about batching or runtimes: a cancelled call cancels its ``service.infer`` task, and the
+batcher drops the request from its queue before it reaches a runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from server.core.errors import DeepserveError, InvalidInput, Unavailable, Unsupported
+from server.core.types import InferenceRequest, InferenceResponse
+from server.frontends.grpc import codec
+from server.frontends.grpc.errors import status_for
+from server.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+# Requests of one stream that may be decoded and in flight at once; past this the reader
+# stops pulling, and HTTP/2 flow control pushes back on the client.
+STREAM_MAX_IN_FLIGHT = 1024
+
+
+def _rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Run a unary RPC; a raised error ends the call with its mapped status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # CancelledError is a BaseException: it passes through
+            code, details = status_for(exc)
+            if not isinstance(exc, DeepserveError):
+                log.exception("gRPC %s failed", method.__name__)
+            await context.abort(code, details)
+
+    return wrapper
+
+
+def _version(version: str) -> str:
+    if version and not version.isdigit():
+        raise InvalidInput(f"model version must be a number, got '{version}'")
+    return version
+
+
+def _unsupported(what: str) -> Unsupported:
+    return Unsupported(f"{what} is not supported by deepserve; {_HINTS.get(what, 'use the HTTP endpoint instead')}")
+
+
+_HINTS = {
+    "system shared memory": "send tensors in the request (raw_input_contents)",
+    "CUDA shared memory": "send tensors in the request (raw_input_contents)",
+    "trace settings": "tracing is configured with server flags",
+    "log settings": "set the log level with --log-level",
+}
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    # -- health: false, never an error, when not ready ---------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._service.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._service.model_ready(request.name, request.version))
+
+    # -- metadata --------------------------------------------------------------------
+
+    @_rpc
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+        meta = self._service.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
+
+    @_rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        m = self._service.model_metadata(request.name, _version(request.version))
+        return codec.metadata_response(m.name, m.versions, m.platform, m.inputs, m.outputs)
+
+    @_rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self._service.model_config(request.name, _version(request.version)))
+
+    @_rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
+        return codec.statistics_response(self._service.statistics(request.name, _version(request.version)))
+
+    # -- repository ------------------------------------------------------------------
+
+    @_rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        return codec.index_response(self._service.repository_index(request.ready))
+
+    @_rpc
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
+        config, files = codec.load_parameters(request.parameters)
+        await self._service.load_model(request.model_name, config, files or None)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context
+    ) -> pb.RepositoryModelUnloadResponse:
+        # unload_dependents: deepserve has no dependent (ensemble) models yet
+        await self._service.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- inference -------------------------------------------------------------------
+
+    @_rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        infer_request = self._decode(request)
+        if self._decoupled(infer_request):
+            raise Unsupported(
+                f"model '{infer_request.model_name}' is decoupled (it may answer several responses); "
+                "call ModelStreamInfer instead of ModelInfer"
+            )
+        return codec.encode_response(await self._service.infer(infer_request))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests run concurrently (so they can batch); responses go out in request order.
+
+        A request's failure is one response with ``error_message``; the stream stays open.
+        ::
+
+            reader:  msg0 msg1 msg2 ...   -> one task + one channel each, channels queued in order
+            writer:  drain channel0 until its end marker, then channel1, ...
+        """
+        order: asyncio.Queue[asyncio.Queue | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task] = set()
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    await slots.acquire()
+                    channel: asyncio.Queue = asyncio.Queue()
+                    task = asyncio.create_task(self._stream_one(message, channel))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    order.put_nowait(channel)
+            finally:
+                order.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (channel := await order.get()) is not None:
+                while (item := await channel.get()) is not None:
+                    yield item
+                slots.release()
+            await reader  # a broken request stream ends the call with its error
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_one(self, message: pb.ModelInferRequest, channel: asyncio.Queue) -> None:
+        """All responses of one stream request into ``channel``, then ``None``."""
+        try:
+            request = self._decode(message)
+            enable_empty_final = bool(request.parameters.pop(codec.ENABLE_EMPTY_FINAL, False))
+            decoupled = self._decoupled(request)
+            async for response in self._responses(request):
+                # Non-decoupled: one response, which is the final one.
+                final = (not decoupled) if enable_empty_final else None
+                channel.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.encode_response(response, final)))
+            if decoupled and enable_empty_final:
+                channel.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.empty_final_response(request)))
+        except Exception as exc:
+            code, details = status_for(exc)
+            if not isinstance(exc, DeepserveError):
+                log.exception("a ModelStreamInfer request failed")
+            channel.put_nowait(pb.ModelStreamInferResponse(error_message=f"{code.name}: {details}"))
+        finally:
+            channel.put_nowait(None)
+
+    def _responses(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """The responses of one request. A service with ``infer_stream`` (a generation
+        engine: several responses per request) is used as is; otherwise the single
+        ``infer`` response."""
+        infer_stream = getattr(self._service, "infer_stream", None)
+        if infer_stream is not None:
+            return infer_stream(request)
+        return _single(self._service.infer(request))
+
+    def _decode(self, message: pb.ModelInferRequest) -> InferenceRequest:
+        if self._service.shutting_down:
+            raise Unavailable("the server is shutting down; retry on another replica", retry_after_s=1.0)
+        return codec.decode_request(message)
+
+    def _decoupled(self, request: InferenceRequest) -> bool:
+        model = self._service.model(request.model_name, request.model_version)
+        return model.config.model_transaction_policy.decoupled
+
+    # -- not implemented: UNIMPLEMENTED with a reason ----------------------------------
+
+    @_rpc
+    async def SystemSharedMemoryStatus(self, request, context):
+        raise _unsupported("system shared memory")
+
+    @_rpc
+    async def SystemSharedMemoryRegister(self, request, context):
+        raise _unsupported("system shared memory")
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(self, request, context):
+        raise _unsupported("system shared memory")
+
+    @_rpc
+    async def CudaSharedMemoryStatus(self, request, context):
+        raise _unsupported("CUDA shared memory")
+
+    @_rpc
+    async def CudaSharedMemoryRegister(self, request, context):
+        raise _unsupported("CUDA shared memory")
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(self, request, context):
+        raise _unsupported("CUDA shared memory")
+
+    @_rpc
+    async def TraceSetting(self, request, context):
+        raise _unsupported("trace settings")
+
+    @_rpc
+    async def LogSettings(self, request, context):
+        raise _unsupported("log settings")
+
+
+async def _single(response: Awaitable[InferenceResponse]) -> AsyncIterator[InferenceResponse]:
+    yield await response

@@ -1,0 +1,202 @@
+"""A temp model repository of tiny ONNX models and a real server subprocess, for the gRPC tests
+(and ``loadtests/grpc_vs_http.py``).
+
+Models (built with ``onnx.helper``; nothing is downloaded)::
+
+    simple      FP32 INPUT0, INPUT1 [-1, 16] -> OUTPUT0 = a + b (labels), OUTPUT1 = a - b
+                max_batch_size 64, dynamic batching (500 µs delay)
+    reloadable  same graph as simple, for load / unload tests
+    types       no batching; one identity per datatype: BYTES, FP16, BOOL, INT64, INT8, UINT16, FP64
+    queued      FP32 INPUT [-1, 4] -> OUTPUT identity; max_batch_size 8 with a 20 s queue delay,
+                2 priority levels, timeout override allowed: requests sit in the queue
+    decoupled   FP32 INPUT [-1] -> OUTPUT identity, model_transaction_policy { decoupled: true }
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_MESSAGE_BYTES = 4 * 1024 * 1024  # the test server's gRPC / HTTP message limit
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def add_sub_model() -> onnx.GraphProto:
+    t = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])  # noqa: E731
+    return helper.make_graph(
+        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]), helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
+        "add_sub",
+        [t("INPUT0"), t("INPUT1")],
+        [t("OUTPUT0"), t("OUTPUT1")],
+    )
+
+
+def identity_model(tensors: dict[str, tuple[int, list]]) -> onnx.GraphProto:
+    """One Identity per ``name -> (onnx type, shape)``: input ``name``, output ``name_OUT``."""
+    nodes, inputs, outputs = [], [], []
+    for name, (elem, shape) in tensors.items():
+        nodes.append(helper.make_node("Identity", [name], [f"{name}_OUT"]))
+        inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        outputs.append(helper.make_tensor_value_info(f"{name}_OUT", elem, shape))
+    return helper.make_graph(nodes, "identity", inputs, outputs)
+
+
+SIMPLE_CONFIG = """
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}, {{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] label_filename: "labels.txt" }},
+         {{ name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 500 }}
+"""
+
+TYPES = {
+    "S": (TensorProto.STRING, "TYPE_STRING"),
+    "H": (TensorProto.FLOAT16, "TYPE_FP16"),
+    "B": (TensorProto.BOOL, "TYPE_BOOL"),
+    "I64": (TensorProto.INT64, "TYPE_INT64"),
+    "I8": (TensorProto.INT8, "TYPE_INT8"),
+    "U16": (TensorProto.UINT16, "TYPE_UINT16"),
+    "F64": (TensorProto.DOUBLE, "TYPE_FP64"),
+}
+
+QUEUED_CONFIG = """
+name: "queued"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "INPUT_OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+dynamic_batching {
+  max_queue_delay_microseconds: 20000000
+  priority_levels: 2
+  default_priority_level: 2
+  default_queue_policy { allow_timeout_override: true }
+}
+"""
+
+DECOUPLED_CONFIG = """
+name: "decoupled"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "INPUT_OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+model_transaction_policy { decoupled: true }
+"""
+
+
+def write_simple(repo: Path, name: str) -> None:
+    _save(add_sub_model(), repo / name / "1" / "model.onnx")
+    (repo / name / "config.pbtxt").write_text(SIMPLE_CONFIG.format(name=name))
+    (repo / name / "labels.txt").write_text("\n".join(f"label{i}" for i in range(16)) + "\n")
+
+
+def build_repository(repo: Path) -> Path:
+    write_simple(repo, "simple")
+    write_simple(repo, "reloadable")
+    _save(identity_model({n: (e, [-1]) for n, (e, _) in TYPES.items()}), repo / "types" / "1" / "model.onnx")
+    ios = [(f'{{ name: "{n}" data_type: {c} dims: [ -1 ] }}', f'{{ name: "{n}_OUT" data_type: {c} dims: [ -1 ] }}') for n, (_, c) in TYPES.items()]
+    (repo / "types" / "config.pbtxt").write_text(
+        'name: "types"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        f"input [ {', '.join(i for i, _ in ios)} ]\noutput [ {', '.join(o for _, o in ios)} ]\n"
+    )
+    _save(identity_model({"INPUT": (TensorProto.FLOAT, ["batch", 4])}), repo / "queued" / "1" / "model.onnx")
+    (repo / "queued" / "config.pbtxt").write_text(QUEUED_CONFIG)
+    _save(identity_model({"INPUT": (TensorProto.FLOAT, ["n"])}), repo / "decoupled" / "1" / "model.onnx")
+    (repo / "decoupled" / "config.pbtxt").write_text(DECOUPLED_CONFIG)
+    return repo
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    http_port: int
+    grpc_port: int
+    repository: Path
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready")
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"the server was not ready within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def running_server(repo: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 60.0) -> Iterator[ServerHandle]:
+    """``python -m server.cli serve`` on free loopback ports; SIGTERM on exit."""
+    http_port, grpc_port = free_port(), free_port()
+    log_path = Path(tempfile.mkstemp(prefix="deepserve-grpc-test-", suffix=".log")[1])
+    env = {
+        **os.environ,
+        "DEEPSERVE_GRPC_MAX_MESSAGE_BYTES": str(SMALL_MESSAGE_BYTES),
+        **(extra_env or {}),
+    }
+    cmd = [
+        sys.executable, "-m", "server.cli", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        "--max-request-bytes", str(SMALL_MESSAGE_BYTES), "--log-level", "warning",
+    ]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    handle = ServerHandle(http_port, grpc_port, repo, log_path)
+    try:
+        try:
+            _wait_ready(proc, f"http://127.0.0.1:{http_port}/v2/health/ready", timeout_s)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n--- server log ---\n{handle.log()}") from None
+        yield handle
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log_path.unlink(missing_ok=True)
