@@ -31,6 +31,7 @@ def server(tmp_path_factory) -> Iterator[fx.ServerHandle]:
     repo = fx.build_repository(tmp_path_factory.mktemp("grpc-rpcs-repo"))
     with fx.running_server(repo) as handle:
         yield handle
+        assert "Traceback" not in handle.log(), handle.log()
 
 
 @pytest.fixture
