@@ -49,6 +49,124 @@ def families() -> None:
         typer.echo(name)
 
 
+def _variants(text: str) -> list[str]:
+    from export.variants import VARIANTS
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    return names
+
+
+def _options(calibration: str, keep_io_types: bool, prune_ratio: float):
+    from export.prune import PruneSpec
+    from export.quantize import QuantSpec
+    from export.variants import BuildOptions
+
+    return BuildOptions(QuantSpec(calibration=calibration), PruneSpec(ratio=prune_ratio), keep_io_types)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+@app.command("model")
+def export_model(
+    family: str = typer.Argument(..., help="model family (see `deepserve export families`)"),
+    repository: Path = typer.Option(..., "--repository", "-r", help="model repository to write into"),
+    variants: str = typer.Option("fp32", help="comma list: fp32, fp32-ortopt, fp16, int8-dynamic, int8-static, "
+                                 "sparse50, pruned50, trt-fp16, trt-int8"),
+    name: str = typer.Option("", help="entry name (default: the family's); variants get a suffix"),
+    version: int = typer.Option(1, min=1),
+    weights: Path = typer.Option(None, exists=True, dir_okay=False, help="safetensors weights (default: shipped)"),
+    calibration: str = typer.Option("minmax", help="int8-static calibration: minmax, entropy or percentile"),
+    keep_io_types: bool = typer.Option(True, help="fp16: keep graph inputs/outputs float32"),
+    prune_ratio: float = typer.Option(0.5, min=0.0, max=0.95, help="fraction pruned (channels or weights)"),
+) -> None:
+    """Export, check and write variants; exits 1 with the numbers when a parity check fails."""
+    from export.families import get_family
+    from export.tensorrt import GpuUnavailable
+    from export.variants import export_variants
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        fam = get_family(family)
+    except KeyError as err:
+        _fail(str(err.args[0]), 2)
+    try:
+        written, failed = export_variants(repository, fam, _variants(variants), name=name or None, version=version,
+                                          weights=weights, options=_options(calibration, keep_io_types, prune_ratio))
+    except GpuUnavailable as err:
+        _fail(str(err), 2)
+    for art in written:
+        typer.echo(art.parity.summary())
+    if failed:
+        _fail("parity failed, not written:\n" + "\n".join(f"  {e}" for e in failed))
+
+
+@app.command("tensorrt")
+def export_tensorrt(
+    family: str = typer.Argument(..., help="model family"),
+    repository: Path = typer.Option(..., "--repository", "-r"),
+    precision: str = typer.Option("fp16", help="fp16 or int8 (int8 is built from the QDQ model)"),
+    name: str = typer.Option(""),
+    version: int = typer.Option(1, min=1),
+) -> None:
+    """Build a TensorRT engine (GPU only) with a batch profile from the config; cached per GPU and TensorRT."""
+    if precision not in ("fp16", "int8"):
+        raise typer.BadParameter("precision must be fp16 or int8")
+    export_model(family, repository, f"trt-{precision}", name, version, None, "minmax", True, 0.5)
+
+
+@app.command("report")
+def report(
+    family: str = typer.Argument(..., help="model family"),
+    variants: str = typer.Option("fp32,fp32-ortopt,fp16,int8-dynamic,int8-static,sparse50,pruned50"),
+    out: Path = typer.Option(None, help="Markdown file (default: docs/variants/FAMILY.md)"),
+    repository: Path = typer.Option(None, help="also write the passing variants into this repository"),
+    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0: all cores)"),
+    calibration: str = typer.Option("minmax"),
+) -> None:
+    """Build every variant, check it, measure it, and print + write the variant table."""
+    import sys
+
+    from export.families import get_family
+    from export.parity import ParityError
+    from export.report import measure_rows, print_table, to_markdown, write_report
+    from export.tensorrt import GpuUnavailable
+    from export.variants import VariantBuilder, entry_name, write_variant
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    fam = get_family(family)
+    builder = VariantBuilder(fam, options=_options(calibration, True, 0.5))
+    artifacts, failures = [], []
+    for variant in _variants(variants):
+        try:
+            artifacts.append(builder.build(variant))
+        except ParityError as err:
+            failures.append(str(err))
+        except GpuUnavailable as err:
+            failures.append(f"{variant}: skipped: {err}")
+    for art in artifacts if repository else []:
+        write_variant(repository, fam, art, entry_name(fam.name, art.variant))
+    rows = measure_rows(fam, artifacts, threads or None)
+    typer.echo(print_table(rows))
+    for art in artifacts:
+        typer.echo(art.parity.summary())
+    command = "deepserve export report " + " ".join(sys.argv[sys.argv.index(family):] if family in sys.argv else [family])
+    target = out or Path("docs") / "variants" / f"{fam.name}.md"
+    text = to_markdown(fam, rows, command)
+    text += "\n## Parity\n\n" + "\n".join(f"- {a.parity.summary()}" for a in artifacts) + "\n"
+    if failures:
+        text += "\n## Not built\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
+    write_report(target, text)
+    typer.echo(f"wrote {target}")
+    if any("FAIL" in f for f in failures):
+        _fail("\n".join(failures))
+
+
 root = typer.Typer(no_args_is_help=True)
 root.add_typer(app, name="export")
 root.add_typer(models_app, name="models")

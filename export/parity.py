@@ -43,7 +43,8 @@ class ParityReport:
         if self.kind == "elementwise":
             return (f"{self.variant}: {verdict} element-wise on {self.n_inputs} inputs, "
                     f"max |err| {self.max_abs_err:.3g} (tolerance {self.tolerance})")
-        parts = [f"{self.variant}: {verdict} on {self.n_inputs} held-out inputs"]
+        where = "held-out" if self.metric is not None else "random"
+        parts = [f"{self.variant}: {verdict} on {self.n_inputs} {where} inputs"]
         if self.metric is not None and self.reference_metric is not None:
             parts.append(f"accuracy {self.metric:.4f} vs fp32 {self.reference_metric:.4f} "
                          f"(delta {100 * (self.metric - self.reference_metric):+.2f} pt)")

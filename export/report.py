@@ -1,0 +1,117 @@
+"""The variant report: one table per model family, printed and written as Markdown.
+
+Latency is measured in-process with ONNX Runtime's CPU provider (or TensorRT for plans),
+one request at a time: p50 of single calls at batch 1 and at the preferred batch (the
+largest ``preferred_batch_size``); throughput = preferred batch / p50 at that batch.
+These are measurements of this host, not assertions: no test checks a timing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.families import Family
+from export.onnx import ort_runner
+from export.parity import Runner
+from export.variants import Artifact, plan_runner
+
+
+@dataclass(frozen=True)
+class Row:
+    variant: str
+    runtime: str
+    size_bytes: int
+    params: int
+    flops: int
+    p50_b1_ms: float
+    p50_pref_ms: float
+    throughput: float  # samples/s at the preferred batch
+    metric: float | None  # held-out top-1 accuracy (None: no labelled data)
+    parity: str
+
+
+def measure(run: Runner, feed: dict[str, np.ndarray], budget_s: float = 1.5, max_iters: int = 200) -> float:
+    """p50 latency of ``run(feed)`` in milliseconds (after warm-up), within a time budget."""
+    for _ in range(3):
+        run(feed)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < max_iters and (len(times) < 10 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        run(feed)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def runner_for(artifact: Artifact, family: Family, threads: int) -> tuple[Runner, str]:
+    if artifact.platform == "tensorrt_plan":
+        return plan_runner(artifact.data, family.spec), "TensorRT"
+    return ort_runner(artifact.onnx_model, family.spec, threads=threads), f"ORT CPU ({threads} threads)"
+
+
+def accuracy(run: Runner, family: Family) -> float | None:
+    if family.held_out is None:
+        return None
+    feed, labels = family.held_out()
+    top1 = np.concatenate([run({k: v[i : i + 64] for k, v in feed.items()})[0].argmax(axis=1)
+                           for i in range(0, len(labels), 64)])
+    return float((top1 == labels).mean())
+
+
+def measure_rows(family: Family, artifacts: list[Artifact], threads: int | None = None) -> list[Row]:
+    threads = threads or os.cpu_count() or 1
+    pref = max(family.preferred_batch_size)
+    rows = []
+    for art in artifacts:
+        run, runtime = runner_for(art, family, threads)
+        b1 = measure(run, family.spec.random_inputs({"batch": 1}, seed=5))
+        bp = measure(run, family.spec.random_inputs({"batch": pref}, seed=6))
+        rows.append(Row(art.variant, runtime, art.size_bytes, art.params, art.flops, b1, bp,
+                        pref / (bp / 1000.0), accuracy(run, family), "PASS" if art.parity.passed else "FAIL"))
+    return rows
+
+
+def to_markdown(family: Family, rows: list[Row], command: str) -> str:
+    pref = max(family.preferred_batch_size)
+    base = next((r for r in rows if r.variant == "fp32"), rows[0])
+    head = (f"| variant | runtime | file size | params | MFLOPs/sample | p50 b=1 (ms) | p50 b={pref} (ms) "
+            f"| throughput b={pref} (/s) | vs fp32 | held-out accuracy | Δ vs fp32 (pt) | parity |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        acc = f"{100 * r.metric:.2f} %" if r.metric is not None else "n/a"
+        delta = f"{100 * (r.metric - base.metric):+.2f}" if r.metric is not None and base.metric is not None else "n/a"
+        lines.append(
+            f"| {r.variant} | {r.runtime} | {r.size_bytes / 1024:.1f} KiB ({base.size_bytes / r.size_bytes:.2f}x smaller) "
+            f"| {r.params:,} | {r.flops / 1e6:.2f} | {r.p50_b1_ms:.3f} | {r.p50_pref_ms:.3f} | {r.throughput:,.0f} "
+            f"| {r.throughput / base.throughput:.2f}x | {acc} | {delta} | {r.parity} |"
+        )
+    host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return "\n".join([
+        f"# Variants of `{family.name}`", "",
+        f"Measured on this host ({host}); regenerate with:", "", f"    {command}", "",
+        *lines, "",
+        "Parameters are nonzero ones for sparse variants; FLOPs are torch's count for one sample "
+        "(2 per multiply-add), unchanged by quantization or by zeroed weights.",
+        f"Latency is the median of single in-process calls; throughput = {pref} / p50 at batch {pref}.", "",
+    ])
+
+
+def print_table(rows: list[Row]) -> str:
+    cols = ("variant", "runtime", "KiB", "params", "MFLOPs", "p50 b1 ms", "p50 pref ms", "thr/s", "acc", "parity")
+    data = [(r.variant, r.runtime, f"{r.size_bytes / 1024:.1f}", f"{r.params:,}", f"{r.flops / 1e6:.2f}",
+             f"{r.p50_b1_ms:.3f}", f"{r.p50_pref_ms:.3f}", f"{r.throughput:,.0f}",
+             f"{100 * r.metric:.2f}" if r.metric is not None else "n/a", r.parity) for r in rows]
+    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*cols), *(fmt.format(*d) for d in data)])
+
+
+def write_report(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
