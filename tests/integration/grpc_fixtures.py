@@ -44,7 +44,7 @@ def _save(graph: onnx.GraphProto, path: Path) -> None:
 
 
 def add_sub_model() -> onnx.GraphProto:
-    t = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])  # noqa: E731
+    t = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])
     return helper.make_graph(
         [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]), helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
         "add_sub",
@@ -159,17 +159,21 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready")
-        with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError), urllib.request.urlopen(
+            url, timeout=1
+        ) as response:
+            if response.status == 200:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"the server was not ready within {timeout_s} s")
 
 
 @contextlib.contextmanager
-def running_server(repo: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 60.0) -> Iterator[ServerHandle]:
-    """``python -m server.cli serve`` on free loopback ports; SIGTERM on exit."""
+def running_server(
+    repo: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 60.0, wait_for: str = "ready"
+) -> Iterator[ServerHandle]:
+    """``python -m server.cli serve`` on free loopback ports, once ``/v2/health/<wait_for>``
+    answers 200 (``live`` for a server that is not meant to become ready); SIGTERM on exit."""
     http_port, grpc_port = free_port(), free_port()
     log_path = Path(tempfile.mkstemp(prefix="deepserve-grpc-test-", suffix=".log")[1])
     env = {
@@ -187,7 +191,7 @@ def running_server(repo: Path, extra_env: dict[str, str] | None = None, timeout_
     handle = ServerHandle(http_port, grpc_port, repo, log_path)
     try:
         try:
-            _wait_ready(proc, f"http://127.0.0.1:{http_port}/v2/health/ready", timeout_s)
+            _wait_ready(proc, f"http://127.0.0.1:{http_port}/v2/health/{wait_for}", timeout_s)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n--- server log ---\n{handle.log()}") from None
         yield handle

@@ -75,6 +75,28 @@ def test_health_rpcs_answer_false_not_errors(client):
     assert client.is_model_ready("simple", "7") is False
 
 
+def test_not_ready_server_answers_false_not_errors(tmp_path):
+    """A model that fails to load leaves the server live but not ready."""
+    fx.write_simple(tmp_path, "simple")
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    with fx.running_server(tmp_path, wait_for="live") as handle:
+        client = grpcclient.InferenceServerClient(handle.grpc_url)
+        try:
+            assert client.is_server_live() is True
+            assert client.is_server_ready() is False
+            assert client.is_model_ready("broken") is False and client.is_model_ready("simple") is True
+            index = {m.name: m for m in client.get_model_repository_index().models}
+            assert index["broken"].state == "UNAVAILABLE" and index["broken"].reason
+            a = np.ones((1, 16), np.float32)
+            expect_error("UNAVAILABLE", client.infer, "broken", simple_inputs(grpcclient, a, a))
+        finally:
+            client.close()
+        with grpc.insecure_channel(handle.grpc_url) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 def test_server_and_model_metadata(client):
     meta = client.get_server_metadata()
     assert meta.name == "deepserve" and meta.version
@@ -297,7 +319,7 @@ def test_stream_final_response_flags(client):
     ])
     (first, e1), (empty, e2), (single, e3), (plain, e4) = answers
     assert e1 is e2 is e3 is e4 is None
-    final = lambda r: r.get_response().parameters["triton_final_response"].bool_param  # noqa: E731
+    final = lambda r: r.get_response().parameters["triton_final_response"].bool_param
     assert first.get_response().id == "d" and first.as_numpy("INPUT_OUT").tolist() == [1, 2, 3] and not final(first)
     assert empty.get_response().id == "d" and not empty.get_response().outputs and final(empty)
     assert single.get_response().id == "s" and final(single)

@@ -33,10 +33,10 @@ def client_request(arrays: dict[str, tuple[np.ndarray, str]], **kwargs) -> pb.Mo
         tensor = grpcclient.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
-    defaults = dict(
-        model_name="m", model_version="", request_id="", outputs=None, sequence_id=0, sequence_start=False,
-        sequence_end=False, priority=0, timeout=None, parameters=None,
-    )
+    defaults = {
+        "model_name": "m", "model_version": "", "request_id": "", "outputs": None, "sequence_id": 0, "sequence_start": False,
+        "sequence_end": False, "priority": 0, "timeout": None, "parameters": None,
+    }
     return _get_inference_request(inputs=inputs, **{**defaults, **kwargs})
 
 
