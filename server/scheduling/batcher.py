@@ -171,7 +171,11 @@ class DynamicBatcher:
             self._last_done = done
         task = asyncio.get_running_loop().create_task(self._execute(batch, instance, previous, done))
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._batch_task_done)
+
+    def _batch_task_done(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wake.set()  # a closing batcher waits for its last batch to be gone
 
     async def _execute(
         self, batch: Batch, instance: Runtime, previous: asyncio.Future | None, done: asyncio.Future

@@ -101,8 +101,8 @@ class BatchScheduler:
         self._sweep(now_s, plan)
         if not can_dispatch or self._count == 0:
             return plan
-        chosen, rows = self._candidates()
-        size = self._dispatch_size(chosen, rows, now_s)
+        chosen, rows, full = self._candidates()
+        size = self._dispatch_size(chosen, rows, full, now_s)
         if size is None:
             head = chosen[0]
             plan.wake_at_s = _earliest(plan.wake_at_s, head.enqueued_s + self.policy.max_queue_delay_us / 1e6)
@@ -138,33 +138,35 @@ class BatchScheduler:
                 queue.extend(keep)
         self._count = sum(len(q) for q in self._levels.values()) + len(self._delayed)
 
-    def _candidates(self) -> tuple[list[QueuedRequest], list[int]]:
+    def _candidates(self) -> tuple[list[QueuedRequest], list[int], bool]:
         """Requests that could run together, in priority then arrival order, with
-        cumulative row counts; stops before the first one that would overflow."""
+        cumulative row counts; stops before the first one that would overflow, and then
+        says the batch is full (waiting longer cannot make it larger)."""
         ordered = itertools.chain(*self._levels.values(), self._delayed)
         head = next(ordered)
         chosen, rows = [head], [head.rows]
         if not self.policy.batching:
-            return chosen, rows
+            return chosen, rows, True
         for request in ordered:
             if request.key != head.key:
                 continue
             total = rows[-1] + request.rows
             if total > self.policy.max_batch_size:
-                break
+                return chosen, rows, True
             chosen.append(request)
             rows.append(total)
-        return chosen, rows
+        return chosen, rows, rows[-1] >= self.policy.max_batch_size
 
-    def _dispatch_size(self, chosen: list[QueuedRequest], rows: list[int], now_s: float) -> int | None:
-        """How many of ``chosen`` to run now, or None to wait for more (Triton's rules)."""
+    def _dispatch_size(self, chosen: list[QueuedRequest], rows: list[int], full: bool, now_s: float) -> int | None:
+        """How many of ``chosen`` to run now, or None to wait for more (Triton's rules:
+        the largest preferred size that can be formed; else, once the batch is full or
+        the oldest request has waited ``max_queue_delay``, everything that fits)."""
         policy = self.policy
-        if not policy.batching or rows[-1] >= policy.max_batch_size:
-            return len(chosen)
-        # The largest preferred size that a prefix of the queue forms exactly.
         preferred = [i + 1 for i, total in enumerate(rows) if total in policy.preferred_batch_sizes]
         if preferred:
             return preferred[-1]
+        if full:
+            return len(chosen)
         waited_us = (now_s - chosen[0].enqueued_s) * 1e6
         if waited_us >= policy.max_queue_delay_us:
             return len(chosen)
