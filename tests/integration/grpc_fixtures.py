@@ -141,6 +141,7 @@ class ServerHandle:
     grpc_port: int
     repository: Path
     log_path: Path
+    pid: int
 
     @property
     def http_url(self) -> str:
@@ -188,7 +189,7 @@ def running_server(
     ]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    handle = ServerHandle(http_port, grpc_port, repo, log_path)
+    handle = ServerHandle(http_port, grpc_port, repo, log_path, proc.pid)
     try:
         try:
             _wait_ready(proc, f"http://127.0.0.1:{http_port}/v2/health/{wait_for}", timeout_s)

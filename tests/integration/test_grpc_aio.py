@@ -56,6 +56,9 @@ async def test_unary_rpcs_over_aio(server):
         a = np.ones((1, 16), np.float32)
         result = await client.infer("simple", simple_inputs(a, a), outputs=[InferRequestedOutput("OUTPUT0", class_count=1)])
         assert result.as_numpy("OUTPUT0").tolist() == [[b"2.000000:0:label0"]]
+        for algorithm in ("gzip", "deflate"):
+            result = await client.infer("simple", simple_inputs(a, a), compression_algorithm=algorithm)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), np.zeros((1, 16), np.float32))
         with pytest.raises(InferenceServerException) as info:
             await client.infer("nope", simple_inputs(a, a))
         assert info.value.status() == "StatusCode.NOT_FOUND"
