@@ -36,7 +36,7 @@ def build_service(settings: Settings) -> tuple[InferenceService, Metrics]:
         cpu_threads=settings.cpu_threads,
     )
     repository = ModelRepository(settings.model_repository.resolve(), options, metrics)
-    return InferenceService(repository, __version__), metrics
+    return InferenceService(repository, __version__, settings.strict_readiness), metrics
 
 
 def _uvicorn(app, settings: Settings, port: int) -> _Server:

@@ -40,9 +40,10 @@ class ModelMetadata:
 
 
 class InferenceService:
-    def __init__(self, repository: ModelRepository, version: str) -> None:
+    def __init__(self, repository: ModelRepository, version: str, strict_readiness: bool = True) -> None:
         self.repository = repository
         self.version = version
+        self.strict_readiness = strict_readiness
         self._live = True
         self.shutting_down = False
 
@@ -52,7 +53,7 @@ class InferenceService:
         return self._live
 
     def ready(self) -> bool:
-        return not self.shutting_down and self.repository.ready()
+        return not self.shutting_down and (not self.strict_readiness or self.repository.ready())
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:

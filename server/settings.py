@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request body accepted (after decompression); larger gets 413."
     )
+    grpc_max_message_bytes: int | None = Field(
+        None, gt=0, description="Largest gRPC message received or sent; larger gets RESOURCE_EXHAUSTED (default: max_request_bytes)."
+    )
+    strict_readiness: bool = Field(
+        True, description="Server ready only when every model is ready (Triton's default); false: ready once serving."
+    )
     default_max_batch_size: int = Field(
         4, ge=0, description="max_batch_size given to ONNX models without a config whose axes are all dynamic."
     )

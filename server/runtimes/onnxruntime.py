@@ -89,7 +89,10 @@ class OnnxRuntime:
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
             raise ModelError("the model is not loaded")
-        feed = {k: (_as_str(v) if k in self._bytes_inputs else v) for k, v in inputs.items()}
+        try:
+            feed = {k: (_as_str(v) if k in self._bytes_inputs else v) for k, v in inputs.items()}
+        except UnicodeDecodeError:
+            raise InvalidInput("ONNX Runtime string tensors must be UTF-8; a BYTES element is not") from None
         try:
             results = self._session.run(self._output_names, feed)
         except Exception as exc:
