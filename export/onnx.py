@@ -120,6 +120,9 @@ def ort_session(model: onnx.ModelProto | bytes | Path, threads: int = 0, provide
     if threads > 0:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # As the server's runtime does: idle sessions' threads must not spin, or one session
+    # being measured competes with the spinning pools of those measured before it.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (str(model) if isinstance(model, Path) else model)
     return ort.InferenceSession(source, so, providers=list(providers))
 

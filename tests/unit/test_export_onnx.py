@@ -98,3 +98,27 @@ def test_benchmark_repository(tmp_path) -> None:
         assert batched.max_batch_size == plain.max_batch_size == 64
     assert list(read_config(tmp_path / "resnet_bench").input[0].dims) == [3, 64, 64]
     assert list(read_config(tmp_path / "mlp_tiny").input[0].dims) == [64]
+
+
+def test_sequence_axis_is_named_and_dynamic() -> None:
+    class Frames(torch.nn.Module):
+        """(N, T, 16) features -> (N, T, 4) per-frame scores."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv1d(16, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x.transpose(1, 2)).transpose(1, 2)
+
+    spec = ExportSpec(inputs=(IOSpec("features", ("batch", "time", 16)),), outputs=(IOSpec("scores", ("batch", "time", 4)),),
+                      trace_sizes={"batch": 2, "time": 12}, parity_sizes=({"batch": 1, "time": 5}, {"batch": 3, "time": 40}))
+    torch.manual_seed(0)
+    module = Frames().eval()
+    model = export_onnx(module, spec)
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim[:2]]
+    assert dims == ["batch", "time"]
+    assert [d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim[:2]] == ["batch", "time"]
+    from export.parity import check_elementwise
+
+    assert check_elementwise("fp32", module, ort_runner(model, spec), spec).passed
