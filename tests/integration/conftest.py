@@ -31,6 +31,8 @@ def build_http_repository(repo: Path) -> Path:
     fx.build_repository(repo)
     fx._save(fx.identity_model({"INPUT": (fx.TensorProto.FLOAT, ["batch", 4])}), repo / "bounded" / "1" / "model.onnx")
     (repo / "bounded" / "config.pbtxt").write_text(BOUNDED_CONFIG)
+    # No config at all: auto-completed from the graph (batching, since every axis 0 is dynamic).
+    fx._save(fx.identity_model({"TEXT": (fx.TensorProto.STRING, ["batch", 1])}), repo / "strings" / "1" / "model.onnx")
     return repo
 
 
