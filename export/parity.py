@@ -114,8 +114,10 @@ def check_metric(
     want, got = [], []
     for start in range(0, n, batch_size):
         part = {k: v[start : start + batch_size] for k, v in feed.items()}
-        want.append(torch_outputs(reference, spec, part)[0].argmax(axis=1))
-        got.append(np.asarray(run(part)[0]).argmax(axis=1))
+        ref_out, out = torch_outputs(reference, spec, part)[0], np.asarray(run(part)[0])
+        _same_shape(variant, out, ref_out)
+        want.append(ref_out.argmax(axis=1))
+        got.append(out.argmax(axis=1))
     want_top1, got_top1 = np.concatenate(want), np.concatenate(got)
     ref_acc = float((want_top1 == labels).mean())
     acc = float((got_top1 == labels).mean())
@@ -133,14 +135,21 @@ def check_agreement(
 ) -> ParityReport:
     """For families without labelled data: top-1 agreement with fp32 on the given inputs."""
     tol = spec.metric_tolerance(variant)
-    want = torch_outputs(reference, spec, feed)[0].argmax(axis=1)
-    got = np.asarray(run(feed)[0]).argmax(axis=1)
+    ref_out, out = torch_outputs(reference, spec, feed)[0], np.asarray(run(feed)[0])
+    _same_shape(variant, out, ref_out)
+    want, got = ref_out.argmax(axis=1), out.argmax(axis=1)
     agreement = float((want == got).mean())
     report = ParityReport(variant, "metric", agreement >= tol.min_top1_agreement, len(want),
                           top1_agreement=agreement, tolerance=f"top-1 agreement >= {tol.min_top1_agreement}")
     if not report.passed:
         raise ParityError(report)
     return report
+
+
+def _same_shape(variant: str, got: np.ndarray, want: np.ndarray) -> None:
+    if got.shape != want.shape:
+        raise ParityError(ParityReport(variant, "metric", False, len(want),
+                                       tolerance=f"output shape {got.shape} != fp32's {want.shape}"))
 
 
 def _fmt(tol: Tolerance | MetricTolerance) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 @dataclass(frozen=True)
 class PruneSpec:
     ratio: float = 0.5  # fraction of channels (structured) or weights (unstructured) removed
-    ignore: tuple[str, ...] = ("head",)  # module names whose outputs are never pruned
+    ignore: tuple[str, ...] = ()  # module names whose outputs are never pruned (besides the last layer)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def prune_structured(
     pruned = copy.deepcopy(module).eval()
     one = tuple(x[:1] for x in example)
     before_p, before_f = count_params(pruned), count_flops(pruned, one)
-    ignored = [m for name, m in pruned.named_modules() if name in spec.ignore]
+    ignored = [m for name, m in pruned.named_modules() if name in spec.ignore] + _output_layer(pruned)
     pruner = tp.pruner.MetaPruner(
         pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
         pruning_ratio=spec.ratio, ignored_layers=ignored, round_to=None,
@@ -78,6 +78,12 @@ def prune_structured(
         finetune(pruned)
     pruned.eval()
     return PruneResult(pruned, before_p, count_params(pruned), before_f, count_flops(pruned, one))
+
+
+def _output_layer(module: nn.Module) -> list[nn.Module]:
+    """The last conv/linear layer: it produces the outputs (classes), whose count must not change."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    return layers[-1:]
 
 
 def _sync_config(module: nn.Module) -> None:
@@ -104,8 +110,9 @@ def prune_unstructured(
     pruned = copy.deepcopy(module).eval()
     one = tuple(x[:1] for x in example)
     before_p, flops = count_params(pruned), count_flops(pruned, one)
+    last = _output_layer(pruned)
     targets = [(m, "weight") for name, m in pruned.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d)) and name not in spec.ignore]
+               if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d)) and name not in spec.ignore and m not in last]
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=spec.ratio)
     if finetune is not None:
         finetune(pruned)

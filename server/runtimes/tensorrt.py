@@ -144,7 +144,7 @@ class TensorRTRuntime:
             host = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtypes[name])
             results[name] = host
             ctx.set_tensor_address(name, self._buffers[name].ensure(host.nbytes))
-        if not ctx.execute_async_v3(stream):
+        if not ctx.execute_async_v3(int(stream)):
             raise ModelError("TensorRT failed to execute the batch")
         for name, host in results.items():
             check_cuda(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name].ptr, host.nbytes, d2h, stream))

@@ -46,3 +46,11 @@ def test_unstructured_pruning_reports_sparsity(digits) -> None:
     assert result.flops_after == result.flops_before
     head = result.module.head.weight
     assert (head != 0).all()  # the output layer is left alone
+
+
+def test_the_output_layer_keeps_its_units() -> None:
+    from models.bench import mlp_tiny
+
+    result = prune_structured(mlp_tiny(), (torch.rand(2, 64),), PruneSpec(ratio=0.5))
+    assert result.module(torch.rand(3, 64)).shape == (3, 10)
+    assert result.flops_ratio >= 2.0
