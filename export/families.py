@@ -34,6 +34,11 @@ class Family:
     max_batch_size: int = 64
     preferred_batch_size: tuple[int, ...] = (16, 32)
 
+    @classmethod
+    def for_module(cls, name: str, module: torch.nn.Module, spec: ExportSpec, **fields) -> Family:
+        """Any ``nn.Module`` as a one-off family (the spec supplies the example inputs)."""
+        return cls(name, spec, lambda _weights: module.eval(), **fields)
+
     def weights_digest(self, weights: Path | None) -> str:
         path = weights or self.default_weights
         return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else "seeded-init"

@@ -122,3 +122,15 @@ def test_sequence_axis_is_named_and_dynamic() -> None:
     from export.parity import check_elementwise
 
     assert check_elementwise("fp32", module, ort_runner(model, spec), spec).passed
+
+
+def test_any_module_exports_to_a_repository_entry(tmp_path) -> None:
+    from export.families import Family
+    from export.variants import export_variants
+
+    family = Family.for_module("mine", mlp_tiny(seed=3), SPEC, max_batch_size=8, preferred_batch_size=(4,))
+    written, failed = export_variants(tmp_path, family, ["fp32", "fp16"])
+    assert not failed and [a.variant for a in written] == ["fp32", "fp16"]
+    config = read_config(tmp_path / "mine")
+    assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [4]
+    assert (tmp_path / "mine_fp16" / "1" / "model.onnx").is_file()
