@@ -1,0 +1,1 @@
+"""Load generator, benchmark driver and baselines (benchmarks, not tests: nothing is asserted)."""

@@ -1,0 +1,1 @@
+"""Servers deepserve is compared with; see each module's docstring for what it does."""

@@ -1,0 +1,263 @@
+"""Render the figures ``loadtests.bench`` collected as ``docs/benchmarks.md``.
+
+    .venv/bin/python -m loadtests.report loadtests/results/bench-latest.json --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TARGETS = {"efficiency": 0.8, "overhead_ms": 0.5, "fastapi_ratio": 1.5}
+
+
+class Figures:
+    def __init__(self, data: dict) -> None:
+        self.data = data
+        self.points = [p for p in data["points"] if not p.get("profiled") and "failed" not in p]
+
+    def get(self, server: str, model: str, fmt: str, concurrency: int) -> dict | None:
+        for p in self.points:
+            if (p["server"], p["model"], p["format"], p["concurrency"]) == (server, model, fmt, concurrency):
+                return p
+        return None
+
+    def inprocess(self, model: str) -> list[dict]:
+        return self.data["inprocess"].get(model, {}).get("points", [])
+
+
+def _f(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
+    return None if a is None or b is None or b == 0 else round(a / b, digits)
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _rps(p: dict | None) -> float | None:
+    return None if p is None else p["rps"]
+
+
+def summary(fig: Figures) -> tuple[list[str], dict]:
+    best = max(fig.inprocess("resnet_bench"), key=lambda p: p["rows_per_s"], default=None)
+    ds64 = fig.get("deepserve", "resnet_bench", "v2-binary", 64)
+    ds64_i2 = fig.get("deepserve", "resnet_bench_i2", "v2-binary", 64)
+    eff = _ratio(_rps(ds64), best and best["rows_per_s"])
+    eff_i2 = _ratio(_rps(ds64_i2), best and best["rows_per_s"])
+    mlp_inproc = next((p for p in fig.inprocess("mlp_tiny") if p["batch"] == 1), None)
+    c1_nb = fig.get("deepserve", "mlp_tiny_nobatch", "v2-binary", 1)
+    c1_b = fig.get("deepserve", "mlp_tiny", "v2-binary", 1)
+    over_nb = None if c1_nb is None or mlp_inproc is None else round(c1_nb["p50_ms"] - mlp_inproc["p50_ms"], 3)
+    over_b = None if c1_b is None or mlp_inproc is None else round(c1_b["p50_ms"] - mlp_inproc["p50_ms"], 3)
+    ds32 = fig.get("deepserve", "mlp_tiny", "v2-binary", 32)
+    fa_json = fig.get("fastapi-naive", "mlp_tiny", "json-list", 32)
+    fa_raw = fig.get("fastapi-naive", "mlp_tiny", "raw-bytes", 32)
+    r_json, r_raw = _ratio(_rps(ds32), _rps(fa_json)), _ratio(_rps(ds32), _rps(fa_raw))
+    rows = [
+        "| # | figure | measured | raw numbers | target | |",
+        "|---|---|---:|---|---|---|",
+        f"| 1 | serving efficiency: deepserve resnet_bench @64 clients / in-process ORT best batch | "
+        f"**{_f(eff, 2)}** | {_f(_rps(ds64))} req/s vs {_f(best and best['rows_per_s'])} rows/s "
+        f"(batch {best and best['batch']}) | >= 0.8 | {_met(None if eff is None else eff >= TARGETS['efficiency'])} |",
+        f"| 1b | same, config variant `resnet_bench_i2` (2 instances x 1 thread) | {_f(eff_i2, 2)} | "
+        f"{_f(_rps(ds64_i2))} req/s | (>= 0.8) | {_met(None if eff_i2 is None else eff_i2 >= TARGETS['efficiency'])} |",
+        f"| 2a | request overhead: p50 @1 client minus in-process p50, mlp_tiny_nobatch | **+{_f(over_nb, 3)} ms** | "
+        f"{_f(c1_nb and c1_nb['p50_ms'], 3)} ms vs {_f(mlp_inproc and mlp_inproc['p50_ms'], 3)} ms | <= +0.5 ms | "
+        f"{_met(None if over_nb is None else over_nb <= TARGETS['overhead_ms'])} |",
+        f"| 2a' | same on mlp_tiny (dynamic batching, max_queue_delay 500 us) | +{_f(over_b, 3)} ms | "
+        f"{_f(c1_b and c1_b['p50_ms'], 3)} ms | (<= +0.5 ms) | "
+        f"{_met(None if over_b is None else over_b <= TARGETS['overhead_ms'])} |",
+        f"| 2b | req/s @32 clients, mlp_tiny: deepserve / FastAPI naive (JSON body) | **{_f(r_json, 2)}x** | "
+        f"{_f(_rps(ds32))} vs {_f(_rps(fa_json))} req/s | >= 1.5x | "
+        f"{_met(None if r_json is None else r_json >= TARGETS['fastapi_ratio'])} |",
+        f"| 2b' | same vs FastAPI naive (raw-bytes body) | **{_f(r_raw, 2)}x** | {_f(_rps(ds32))} vs "
+        f"{_f(_rps(fa_raw))} req/s | >= 1.5x | {_met(None if r_raw is None else r_raw >= TARGETS['fastapi_ratio'])} |",
+    ]
+    return rows, {"efficiency": eff, "overhead_nobatch_ms": over_nb, "overhead_batch_ms": over_b,
+                  "fastapi_json_ratio": r_json, "fastapi_raw_ratio": r_raw}
+
+
+def _point_cells(p: dict | None) -> str:
+    if p is None:
+        return "n/a | n/a | n/a"
+    return f"{_f(p['rps'])} | {_f(p['p50_ms'], 2)} | {_f(p['p99_ms'], 2)}"
+
+
+def _cpu(p: dict | None) -> str:
+    return "n/a" if p is None else f"{p['server_cpu_cores']} / {p['loadgen_cpu_cores']}"
+
+
+def section_efficiency(fig: Figures) -> list[str]:
+    out = ["| in-process batch | runs | rows/s | p50 per run (ms) | p99 per run (ms) |", "|---:|---:|---:|---:|---:|"]
+    out += [f"| {p['batch']} | {p['runs']} | {_f(p['rows_per_s'])} | {_f(p['p50_ms'], 3)} | {_f(p['p99_ms'], 3)} |"
+            for p in fig.inprocess("resnet_bench")]
+    out += ["", "| deepserve, 64 clients | req/s | p50 (ms) | p99 (ms) | errors | CPU cores server / loadgen |",
+            "|---|---:|---:|---:|---:|---|"]
+    for model in ("resnet_bench", "resnet_bench_i2", "resnet_bench_nobatch"):
+        p = fig.get("deepserve", model, "v2-binary", 64)
+        out.append(f"| `{model}` | {_point_cells(p)} | {p and p['errors']} | {_cpu(p)} |")
+    return out
+
+
+def section_overhead(fig: Figures) -> list[str]:
+    mlp = next((p for p in fig.inprocess("mlp_tiny") if p["batch"] == 1), None)
+    out = [f"In-process `session.run` on mlp_tiny, batch 1: p50 {_f(mlp and mlp['p50_ms'], 3)} ms, "
+           f"p99 {_f(mlp and mlp['p99_ms'], 3)} ms.", "",
+           "| server | body | clients | req/s | p50 (ms) | p99 (ms) | errors | CPU cores server / loadgen |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
+    rows = [("deepserve", "mlp_tiny_nobatch", "v2-binary", 1), ("deepserve", "mlp_tiny", "v2-binary", 1),
+            ("fastapi-naive", "mlp_tiny", "json-list", 1), ("fastapi-naive", "mlp_tiny", "raw-bytes", 1),
+            ("deepserve", "mlp_tiny", "v2-binary", 32), ("deepserve", "mlp_tiny_nobatch", "v2-binary", 32),
+            ("deepserve", "mlp_tiny", "v2-json", 32),
+            ("fastapi-naive", "mlp_tiny", "json-list", 32), ("fastapi-naive", "mlp_tiny", "raw-bytes", 32),
+            ("fastapi-naive+ds-opts", "mlp_tiny", "json-list", 32),
+            ("fastapi-naive+ds-opts", "mlp_tiny", "raw-bytes", 32)]
+    for server, model, fmt, c in rows:
+        p = fig.get(server, model, fmt, c)
+        out.append(f"| {server} | `{model}` {fmt} | {c} | {_point_cells(p)} | {p and p['errors']} | {_cpu(p)} |")
+    return out
+
+
+def section_batching(fig: Figures) -> list[str]:
+    out = ["| model | clients | batching: req/s | p50 | p99 | off (`_nobatch`): req/s | p50 | p99 | "
+           "throughput ratio on/off |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model in ("resnet_bench", "mlp_tiny"):
+        for c in (1, 8, 32, 64):
+            on = fig.get("deepserve", model, "v2-binary", c)
+            off = fig.get("deepserve", f"{model}_nobatch", "v2-binary", c)
+            out.append(f"| `{model}` | {c} | {_point_cells(on)} | {_point_cells(off)} | "
+                       f"{_f(_ratio(_rps(on), _rps(off)), 2)} |")
+    out.append("")
+    out.append("Latencies in ms. deepserve over the binary tensor extension, one request = one row.")
+    return out
+
+
+def section_peer(fig: Figures) -> list[str]:
+    out = ["| model | clients | deepserve v2-binary: req/s | p50 | p99 | LitServe JSON list: req/s | p50 | p99 | "
+           "LitServe base64: req/s | p50 | p99 | deepserve / best LitServe |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model in ("resnet_bench", "mlp_tiny"):
+        for c in (1, 8, 32, 64):
+            ds = fig.get("deepserve", model, "v2-binary", c)
+            lj = fig.get("litserve", model, "json-list", c)
+            lb = fig.get("litserve", model, "json-b64", c)
+            best = max((x for x in (_rps(lj), _rps(lb)) if x is not None), default=None)
+            out.append(f"| `{model}` | {c} | {_point_cells(ds)} | {_point_cells(lj)} | {_point_cells(lb)} | "
+                       f"{_f(_ratio(_rps(ds), best), 2)}x |")
+    failed = [p for p in fig.data["points"] if p["server"] == "litserve" and "failed" in p]
+    if failed:
+        out.append("")
+        out += [f"* LitServe {p['model']} {p['format']} c={p['concurrency']} failed: {p['failed']}" for p in failed]
+    return out
+
+
+def section_profiles(data: dict) -> list[str]:
+    from loadtests.profile_summary import render
+
+    out: list[str] = []
+    for name, prof in data.get("profiles", {}).items():
+        if "summary" not in prof:
+            continue
+        p = prof["point"]
+        out += [f"### {name}", "",
+                f"Profiled run (py-spy 100 Hz, `--nonblocking --threads`, not used in the tables above): "
+                f"{_f(p['rps'])} req/s, p50 {_f(p['p50_ms'], 2)} ms.", "", render(prof["summary"]), ""]
+    return out
+
+
+def render(data: dict) -> str:
+    fig = Figures(data)
+    meta = data["meta"]
+    rows, _ = summary(fig)
+    session = data["inprocess"].get("resnet_bench", {}).get("session", {})
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `loadtests/bench.py`; do not edit by hand, re-run it. Benchmarks, not tests: "
+        "nothing here is asserted, and a missed target is reported as measured.",
+        "",
+        f"* **Command:** `{meta['command']}` (from the repository root; wall time {meta.get('wall_s', '?')} s)",
+        f"* **Date:** {meta['date']}; commit `{meta['commit']}`",
+        f"* **Machine:** {meta['cores']} cores ({meta['cpu']}), {meta['memory_gib']} GiB, CPU only, no GPU; "
+        f"{meta['platform']}; Python {meta['python']}, onnxruntime {meta['onnxruntime']}, "
+        f"LitServe {meta['litserve']}",
+        f"* **Load:** `loadtests/loadgen.py`, closed loop, one keep-alive connection per client, in the "
+        f"benchmark process, **on the same {meta['cores']} cores as the server**; each point "
+        f"{meta['warmup_s']} s warm-up (discarded) + {meta['duration_s']} s measured; one request = one row "
+        "(batch 1); every answer is checked for shape, and each client's first answer against in-process ONNX "
+        "Runtime. Latency is client-side (send to last body byte). The \"CPU cores\" columns are CPU seconds "
+        "per wall second of the server process tree and of the load generator.",
+        "",
+        "## Summary",
+        "",
+        *rows,
+        "",
+        "## 1. Serving efficiency (resnet_bench)",
+        "",
+        "In-process: deepserve's own `OnnxRuntime` runtime class, loaded with the options the server derives "
+        f"from the same config.pbtxt: `{json.dumps(session)}`; back-to-back `execute` on one thread.",
+        "",
+        *section_efficiency(fig),
+        "",
+        "## 2. Request overhead (mlp_tiny)",
+        "",
+        "FastAPI naive = `loadtests/baselines/fastapi_naive.py`: `/predict` is a sync endpoint taking a pydantic "
+        "`{\"input\": list[list[float]]}` body and returning `{\"logits\": out.tolist()}`; `/predict_raw` is an "
+        "async endpoint reading the FP32 bytes and answering the output bytes. One `session.run` per request, "
+        "no batching, uvicorn, one worker, access log off. `fastapi-naive` uses ONNX Runtime's default session "
+        "(what a user gets); `fastapi-naive+ds-opts` copies deepserve's session options.",
+        "",
+        *section_overhead(fig),
+        "",
+        "## 3. Dynamic batching vs none",
+        "",
+        *section_batching(fig),
+        "",
+        "## 4. Peer: LitServe",
+        "",
+        "`loadtests/baselines/litserve_onnx.py` in its own venv (`/work/peer-venv`): `LitAPI(max_batch_size=64, "
+        "batch_timeout=0.0005)` (deepserve's max_batch_size and max_queue_delay), `batch` concatenates rows, "
+        "`unbatch` splits them, the same ONNX file with deepserve's session options, `LitServer(accelerator='cpu', "
+        "workers_per_device=1)`: one API process + one inference worker process. LitServe has no binary tensor "
+        "protocol; its `decode_request` gets the parsed JSON, so the two formats are a JSON list "
+        "(`{\"input\": [[...]]}`) and base64 of the FP32 bytes inside JSON (`{\"input_b64\": ..., \"shape\": ...}`, "
+        "answered the same way).",
+        "",
+        *section_peer(fig),
+        "",
+        "## Exact configurations",
+        "",
+        "Servers (`$WORK` is the benchmark's temp folder; the repository is written there by "
+        "`python -m server.cli models build-bench`, plus `resnet_bench_i2`, a copy of resnet_bench with "
+        "`instance_group.count: 2`, so 2 sessions with 1 intra-op thread each):",
+        "",
+    ]
+    for name, rec in data["servers"].items():
+        env = " ".join(f"{k}={v}" for k, v in rec["env"].items())
+        for cmd in dict.fromkeys(rec["cmds"]):
+            out.append(f"* {name}: `{(env + ' ') if env else ''}{cmd}`")
+    out.append("")
+    for model, text in data["configs"].items():
+        out += [f"<details><summary><code>{model}/config.pbtxt</code></summary>", "", "```", text.rstrip(), "```",
+                "", "</details>", ""]
+    profiles = section_profiles(data)
+    if profiles:
+        out += ["## Where the server's CPU time goes (py-spy)", "", *profiles]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json_path")
+    parser.add_argument("--out", default="docs/benchmarks.md")
+    args = parser.parse_args()
+    Path(args.out).write_text(render(json.loads(Path(args.json_path).read_text())))
+
+
+if __name__ == "__main__":
+    main()
