@@ -1,24 +1,36 @@
 """``deepserve export ...`` (``app``) and ``deepserve models ...`` (``models_app``).
 
 The lead's ``server/cli.py`` mounts both; ``python -m export.cli`` runs them standalone.
+Exit codes: 0 written; 1 a parity check failed (nothing written for that variant; the
+numbers are printed); 2 a usage error, or TensorRT asked for on a host without a GPU.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 app = typer.Typer(help="Export networks to ONNX / TensorRT, quantize, prune, verify, report.", no_args_is_help=True)
 models_app = typer.Typer(help="Build the model repositories deepserve ships.", no_args_is_help=True)
 
+Out = Annotated[Path, typer.Option("--out", help="model repository folder to write into")]
+Force = Annotated[bool, typer.Option("--force", help="rebuild even when up to date")]
+FamilyArg = Annotated[str, typer.Argument(help="model family (see `deepserve export families`)")]
+RepoOpt = Annotated[Path, typer.Option("--repository", "-r", help="model repository to write into")]
+VariantsOpt = Annotated[str, typer.Option(help="comma list: fp32, fp32-ortopt, fp16, int8-dynamic, int8-static, "
+                                               "sparse50, pruned50, trt-fp16, trt-int8")]
+NameOpt = Annotated[str, typer.Option(help="entry name (default: the family's); variants get a suffix")]
+VersionOpt = Annotated[int, typer.Option(min=1)]
+CalibrationOpt = Annotated[str, typer.Option(help="int8-static calibration: minmax, entropy or percentile")]
+DEFAULT_REPORT_VARIANTS = "fp32,fp32-ortopt,fp16,int8-dynamic,int8-static,sparse50,pruned50"
+
 
 @models_app.command("build-default")
-def build_default(
-    out: Path = typer.Option(..., "--out", help="model repository folder to write into"),
-    force: bool = typer.Option(False, "--force", help="rebuild even when up to date"),
-) -> None:
+def build_default(out: Out, force: Force = False) -> None:
     """Write the default repository (the trained ``digits`` classifier)."""
     from export.default_repository import build_default_repository
 
@@ -28,10 +40,7 @@ def build_default(
 
 
 @models_app.command("build-bench")
-def build_bench(
-    out: Path = typer.Option(..., "--out", help="model repository folder to write into"),
-    force: bool = typer.Option(False, "--force", help="rebuild even when up to date"),
-) -> None:
+def build_bench(out: Out, force: Force = False) -> None:
     """Write the benchmark repository (resnet_bench, mlp_tiny, and *_nobatch twins)."""
     from export.default_repository import build_benchmark_repository
 
@@ -72,29 +81,33 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _family(name: str):
+    from export.families import get_family
+
+    try:
+        return get_family(name)
+    except KeyError as err:
+        raise typer.BadParameter(str(err.args[0])) from None
+
+
 @app.command("model")
 def export_model(
-    family: str = typer.Argument(..., help="model family (see `deepserve export families`)"),
-    repository: Path = typer.Option(..., "--repository", "-r", help="model repository to write into"),
-    variants: str = typer.Option("fp32", help="comma list: fp32, fp32-ortopt, fp16, int8-dynamic, int8-static, "
-                                 "sparse50, pruned50, trt-fp16, trt-int8"),
-    name: str = typer.Option("", help="entry name (default: the family's); variants get a suffix"),
-    version: int = typer.Option(1, min=1),
-    weights: Path = typer.Option(None, exists=True, dir_okay=False, help="safetensors weights (default: shipped)"),
-    calibration: str = typer.Option("minmax", help="int8-static calibration: minmax, entropy or percentile"),
-    keep_io_types: bool = typer.Option(True, help="fp16: keep graph inputs/outputs float32"),
-    prune_ratio: float = typer.Option(0.5, min=0.0, max=0.95, help="fraction pruned (channels or weights)"),
+    family: FamilyArg,
+    repository: RepoOpt,
+    variants: VariantsOpt = "fp32",
+    name: NameOpt = "",
+    version: VersionOpt = 1,
+    weights: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="safetensors weights (default: shipped)")] = None,
+    calibration: CalibrationOpt = "minmax",
+    keep_io_types: Annotated[bool, typer.Option(help="fp16: keep graph inputs/outputs float32")] = True,
+    prune_ratio: Annotated[float, typer.Option(min=0.0, max=0.95, help="fraction pruned (channels or weights)")] = 0.5,
 ) -> None:
     """Export, check and write variants; exits 1 with the numbers when a parity check fails."""
-    from export.families import get_family
     from export.tensorrt import GpuUnavailable
     from export.variants import export_variants
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        fam = get_family(family)
-    except KeyError as err:
-        _fail(str(err.args[0]), 2)
+    fam = _family(family)
     try:
         written, failed = export_variants(repository, fam, _variants(variants), name=name or None, version=version,
                                           weights=weights, options=_options(calibration, keep_io_types, prune_ratio))
@@ -108,38 +121,35 @@ def export_model(
 
 @app.command("tensorrt")
 def export_tensorrt(
-    family: str = typer.Argument(..., help="model family"),
-    repository: Path = typer.Option(..., "--repository", "-r"),
-    precision: str = typer.Option("fp16", help="fp16 or int8 (int8 is built from the QDQ model)"),
-    name: str = typer.Option(""),
-    version: int = typer.Option(1, min=1),
+    family: FamilyArg,
+    repository: RepoOpt,
+    precision: Annotated[str, typer.Option(help="fp16 or int8 (int8 is built from the QDQ model)")] = "fp16",
+    name: NameOpt = "",
+    version: VersionOpt = 1,
 ) -> None:
     """Build a TensorRT engine (GPU only) with a batch profile from the config; cached per GPU and TensorRT."""
     if precision not in ("fp16", "int8"):
         raise typer.BadParameter("precision must be fp16 or int8")
-    export_model(family, repository, f"trt-{precision}", name, version, None, "minmax", True, 0.5)
+    export_model(family, repository, f"trt-{precision}", name, version)
 
 
 @app.command("report")
 def report(
-    family: str = typer.Argument(..., help="model family"),
-    variants: str = typer.Option("fp32,fp32-ortopt,fp16,int8-dynamic,int8-static,sparse50,pruned50"),
-    out: Path = typer.Option(None, help="Markdown file (default: docs/variants/FAMILY.md)"),
-    repository: Path = typer.Option(None, help="also write the passing variants into this repository"),
-    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0: all cores)"),
-    calibration: str = typer.Option("minmax"),
+    family: FamilyArg,
+    variants: VariantsOpt = DEFAULT_REPORT_VARIANTS,
+    out: Annotated[Path | None, typer.Option(help="Markdown file (default: docs/variants/FAMILY.md)")] = None,
+    repository: Annotated[Path | None, typer.Option(help="also write the passing variants here")] = None,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0: all cores)")] = 0,
+    calibration: CalibrationOpt = "minmax",
 ) -> None:
     """Build every variant, check it, measure it, and print + write the variant table."""
-    import sys
-
-    from export.families import get_family
     from export.parity import ParityError
     from export.report import measure_rows, print_table, to_markdown, write_report
     from export.tensorrt import GpuUnavailable
     from export.variants import VariantBuilder, entry_name, write_variant
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    fam = get_family(family)
+    fam = _family(family)
     builder = VariantBuilder(fam, options=_options(calibration, True, 0.5))
     artifacts, failures = [], []
     for variant in _variants(variants):
@@ -155,12 +165,12 @@ def report(
     typer.echo(print_table(rows))
     for art in artifacts:
         typer.echo(art.parity.summary())
-    command = "deepserve export report " + " ".join(sys.argv[sys.argv.index(family):] if family in sys.argv else [family])
-    target = out or Path("docs") / "variants" / f"{fam.name}.md"
-    text = to_markdown(fam, rows, command)
+    args = sys.argv[sys.argv.index(family) :] if family in sys.argv else [family]
+    text = to_markdown(fam, rows, "deepserve export report " + " ".join(args))
     text += "\n## Parity\n\n" + "\n".join(f"- {a.parity.summary()}" for a in artifacts) + "\n"
     if failures:
         text += "\n## Not built\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
+    target = out or Path("docs") / "variants" / f"{fam.name}.md"
     write_report(target, text)
     typer.echo(f"wrote {target}")
     if any("FAIL" in f for f in failures):

@@ -17,8 +17,16 @@ from export.families import Family, get_family
 from export.onnx import export_onnx, ort_runner
 from export.parity import ParityReport, check_elementwise
 from export.repository import (
-    FINGERPRINT_KEY, DynamicBatching, EntryConfig, TensorConfig, config_text, fingerprint, is_up_to_date, model_config,
-    tensors_from_onnx, write_entry,
+    FINGERPRINT_KEY,
+    DynamicBatching,
+    EntryConfig,
+    TensorConfig,
+    config_text,
+    fingerprint,
+    is_up_to_date,
+    model_config,
+    tensors_from_onnx,
+    write_entry,
 )
 
 log = logging.getLogger(__name__)

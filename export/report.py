@@ -104,10 +104,10 @@ def to_markdown(family: Family, rows: list[Row], command: str) -> str:
         f"# Variants of `{family.name}`", "",
         f"Measured on this host ({host}); regenerate with:", "", f"    {command}", "",
         *lines, "",
-        "Parameters are nonzero ones for sparse variants; FLOPs are torch's count for one sample "
-        "(2 per multiply-add), unchanged by quantization or by zeroed weights.",
-        f"Latency is the median of single in-process calls (best of 5 interleaved rounds); "
-        f"throughput = {pref} / p50 at batch {pref}.", "",
+        ("Parameters are nonzero ones for sparse variants; FLOPs are torch's count for one sample "
+         "(2 per multiply-add), unchanged by quantization or by zeroed weights."),
+        ("Latency is the median of single in-process calls (best of 5 interleaved rounds); "
+         f"throughput = {pref} / p50 at batch {pref}."), "",
     ])
 
 

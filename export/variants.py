@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -45,8 +45,8 @@ ELEMENTWISE = frozenset({"fp32", "fp32-ortopt", "fp16", "trt-fp16"})
 
 @dataclass(frozen=True)
 class BuildOptions:
-    quant: quantize.QuantSpec = quantize.QuantSpec()
-    prune: pruning.PruneSpec = pruning.PruneSpec()
+    quant: quantize.QuantSpec = field(default_factory=quantize.QuantSpec)
+    prune: pruning.PruneSpec = field(default_factory=pruning.PruneSpec)
     keep_io_types: bool = True  # fp16: graph I/O stays float32
 
 

@@ -9,6 +9,7 @@ outputs mean nothing; their shapes and FLOPs are what matters.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,7 @@ class TinyMLP(nn.Module):
         self.config = config
         dims = (config.n_inputs, *config.hidden)
         layers: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in itertools.pairwise(dims):
             layers += [nn.Linear(d_in, d_out), nn.ReLU()]
         layers.append(nn.Linear(dims[-1], config.n_classes))
         self.net = nn.Sequential(*layers)

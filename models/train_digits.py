@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -75,9 +76,9 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(
-    seed: int = typer.Option(0, help="seed for init, shuffling, augmentation"),
-    out: Path = typer.Option(digits_cnn.WEIGHTS, help="where to write the safetensors weights"),
-    epochs: int = typer.Option(TrainConfig.epochs),
+    seed: Annotated[int, typer.Option(help="seed for init, shuffling, augmentation")] = 0,
+    out: Annotated[Path, typer.Option(help="where to write the safetensors weights")] = digits_cnn.WEIGHTS,
+    epochs: Annotated[int, typer.Option(help="passes over the training split")] = TrainConfig.epochs,
 ) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     split = load_split()
