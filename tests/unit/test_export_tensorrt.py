@@ -40,12 +40,14 @@ def test_runtime_load_raises_unavailable_on_cpu(tmp_path) -> None:
     assert host_problem("cpu") is not None
 
 
-def test_runtime_module_imports_no_gpu_packages() -> None:
+def test_runtime_and_export_modules_import_no_gpu_packages() -> None:
+    import subprocess
     import sys
 
-    import server.runtimes.tensorrt  # noqa: F401
-
-    assert "tensorrt" not in sys.modules
+    code = ("import sys, server.runtimes.tensorrt, export.tensorrt, export.variants; "
+            "print(sorted(m for m in ('tensorrt', 'cuda', 'pycuda') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_batch_profile_from_config() -> None:
