@@ -136,9 +136,14 @@ def _build(model: onnx.ModelProto, model_bytes: bytes, spec: EngineSpec, timing_
         rest = tuple(tensor.shape)[1:]
         profile.set_shape(tensor.name, (spec.profile.min, *rest), (spec.profile.opt, *rest), (spec.profile.max, *rest))
     config.add_optimization_profile(profile)
-    if spec.calibration is not None and spec.precision == "int8" and not has_qdq(model):
+    calibrator = config.int8_calibrator if spec.precision == "int8" and not has_qdq(model) else None
+    if calibrator is not None:
         config.set_calibration_profile(profile)
-    plan = builder.build_serialized_network(network, config)
+    try:
+        plan = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.free()
     if plan is None:
         raise RuntimeError("TensorRT failed to build the engine (see the TensorRT log above)")
     timing_path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +181,11 @@ def _entropy_calibrator(trt, samples: dict[str, np.ndarray], batch: int, cache_d
                 ptrs.append(int(self.buffers[name]))
             self.start += batch
             return ptrs
+
+        def free(self) -> None:
+            for ptr in self.buffers.values():
+                _check(cudart.cudaFree(ptr))
+            self.buffers.clear()
 
         def read_calibration_cache(self):
             return None
