@@ -110,6 +110,7 @@ def build_engine(model: onnx.ModelProto, spec: EngineSpec = EngineSpec(), device
 def _build(model: onnx.ModelProto, model_bytes: bytes, spec: EngineSpec, timing_path: Path) -> bytes:
     import tensorrt as trt
 
+    timing_path.parent.mkdir(parents=True, exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -124,19 +125,20 @@ def _build(model: onnx.ModelProto, model_bytes: bytes, spec: EngineSpec, timing_
     config.set_timing_cache(timing, ignore_mismatch=False)
     if spec.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
+    calibrator = None
     if spec.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         if not has_qdq(model):  # implicit quantization: ranges from a calibrator over real samples
             if spec.calibration is None:
                 raise ValueError("int8 without Q/DQ nodes needs calibration samples (or pass the int8-static QDQ model)")
-            config.int8_calibrator = _entropy_calibrator(trt, spec.calibration, spec.profile.opt, timing_path.parent)
+            calibrator = _entropy_calibrator(trt, spec.calibration, spec.profile.opt, timing_path.parent)
+            config.int8_calibrator = calibrator
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         rest = tuple(tensor.shape)[1:]
         profile.set_shape(tensor.name, (spec.profile.min, *rest), (spec.profile.opt, *rest), (spec.profile.max, *rest))
     config.add_optimization_profile(profile)
-    calibrator = config.int8_calibrator if spec.precision == "int8" and not has_qdq(model) else None
     if calibrator is not None:
         config.set_calibration_profile(profile)
     try:
@@ -146,7 +148,6 @@ def _build(model: onnx.ModelProto, model_bytes: bytes, spec: EngineSpec, timing_
             calibrator.free()
     if plan is None:
         raise RuntimeError("TensorRT failed to build the engine (see the TensorRT log above)")
-    timing_path.parent.mkdir(parents=True, exist_ok=True)
     timing_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return bytes(memoryview(plan))
 
