@@ -255,10 +255,10 @@ class Bench:
         import onnxruntime
 
         peer = subprocess.run([self.args.peer_python, "-c", "import litserve; print(litserve.__version__)"],
-                              capture_output=True, text=True) if Path(self.args.peer_python).exists() else None
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+                              capture_output=True, text=True, check=False) if Path(self.args.peer_python).exists() else None
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
         self.data["meta"] = {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join([".venv/bin/python -m loadtests.bench", *argv]),
             "cpu": _cpu_model(),
             "cores": os.cpu_count(),
@@ -270,6 +270,8 @@ class Bench:
             "commit": commit.stdout.strip(),
             "duration_s": self.args.duration,
             "warmup_s": self.args.warmup,
+            "max_other_cores": self.args.max_other_cores,
+            "retries": self.args.retries,
         }
 
 

@@ -129,7 +129,7 @@ async def _one(session: aiohttp.ClientSession, scenario: Scenario) -> tuple[np.n
         async with session.post(scenario.url, data=scenario.body, headers=scenario.headers) as resp:
             body = await resp.read()
             status, headers = resp.status, resp.headers
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return None, f"transport: {exc!r}"
     try:
         output = scenario.decode(status, headers, body)
@@ -143,7 +143,9 @@ async def _one(session: aiohttp.ClientSession, scenario: Scenario) -> tuple[np.n
 async def _worker(scenario: Scenario, window: _Window, timeout_s: float) -> None:
     connector = aiohttp.TCPConnector(limit=1, force_close=False, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=("User-Agent", "Accept-Encoding")) as session:
+    # No Accept-Encoding: tritonclient sends none, and the server would gzip every answer.
+    skip = ("User-Agent", "Accept-Encoding")
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=skip) as session:
         first = True
         while (sent := time.perf_counter()) < window.end:
             output, problem = await _one(session, scenario)
@@ -173,7 +175,7 @@ async def run_load(scenario: Scenario, config: LoadConfig) -> LoadResult:
 
 async def probe(scenario: Scenario) -> str | None:
     """One request; the problem with its answer, or None when it is right."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent", "Accept-Encoding")) as session:
         output, problem = await _one(session, scenario)
     if problem is None and not np.allclose(output, scenario.expected, atol=scenario.atol, rtol=1e-3):
         problem = f"wrong answer: max |error| {float(np.max(np.abs(output - scenario.expected))):.3g}"

@@ -39,11 +39,11 @@ class ServerProcess:
     proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 180.0) -> None:
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            list(self.cmd), env={**os.environ, **self.env_extra}, stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.cwd, start_new_session=True,
-        )
+        with open(self.log_path or os.devnull, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                list(self.cmd), env={**os.environ, **self.env_extra}, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.cwd, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -122,7 +122,7 @@ def own_cpu_s() -> float:
 def busy_cpu_s() -> float:
     """CPU seconds the whole machine has spent busy (every process, every core) so far."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) * _TICK_S
 
 

@@ -31,6 +31,10 @@ def _f(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def _x(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
     return None if a is None or b is None or b == 0 else round(a / b, digits)
 
@@ -61,22 +65,22 @@ def summary(fig: Figures) -> tuple[list[str], dict]:
     rows = [
         "| # | figure | measured | raw numbers | target | |",
         "|---|---|---:|---|---|---|",
-        f"| 1 | serving efficiency: deepserve resnet_bench @64 clients / in-process ORT best batch | "
+        (f"| 1 | serving efficiency: deepserve resnet_bench @64 clients / in-process ORT best batch | "
         f"**{_f(eff, 2)}** | {_f(_rps(ds64))} req/s vs {_f(best and best['rows_per_s'])} rows/s "
-        f"(batch {best and best['batch']}) | >= 0.8 | {_met(None if eff is None else eff >= TARGETS['efficiency'])} |",
-        f"| 1b | same, config variant `resnet_bench_i2` (2 instances x 1 thread) | {_f(eff_i2, 2)} | "
-        f"{_f(_rps(ds64_i2))} req/s | (>= 0.8) | {_met(None if eff_i2 is None else eff_i2 >= TARGETS['efficiency'])} |",
-        f"| 2a | request overhead: p50 @1 client minus in-process p50, mlp_tiny_nobatch | **+{_f(over_nb, 3)} ms** | "
+        f"(batch {best and best['batch']}) | >= 0.8 | {_met(None if eff is None else eff >= TARGETS['efficiency'])} |"),
+        (f"| 1b | same, config variant `resnet_bench_i2` (2 instances x 1 thread) | {_f(eff_i2, 2)} | "
+        f"{_f(_rps(ds64_i2))} req/s | (>= 0.8) | {_met(None if eff_i2 is None else eff_i2 >= TARGETS['efficiency'])} |"),
+        (f"| 2a | request overhead: p50 @1 client minus in-process p50, mlp_tiny_nobatch | **+{_f(over_nb, 3)} ms** | "
         f"{_f(c1_nb and c1_nb['p50_ms'], 3)} ms vs {_f(mlp_inproc and mlp_inproc['p50_ms'], 3)} ms | <= +0.5 ms | "
-        f"{_met(None if over_nb is None else over_nb <= TARGETS['overhead_ms'])} |",
-        f"| 2a' | same on mlp_tiny (dynamic batching, max_queue_delay 500 us) | +{_f(over_b, 3)} ms | "
+        f"{_met(None if over_nb is None else over_nb <= TARGETS['overhead_ms'])} |"),
+        (f"| 2a' | same on mlp_tiny (dynamic batching, max_queue_delay 500 us) | +{_f(over_b, 3)} ms | "
         f"{_f(c1_b and c1_b['p50_ms'], 3)} ms | (<= +0.5 ms) | "
-        f"{_met(None if over_b is None else over_b <= TARGETS['overhead_ms'])} |",
-        f"| 2b | req/s @32 clients, mlp_tiny: deepserve / FastAPI naive (JSON body) | **{_f(r_json, 2)}x** | "
+        f"{_met(None if over_b is None else over_b <= TARGETS['overhead_ms'])} |"),
+        (f"| 2b | req/s @32 clients, mlp_tiny: deepserve / FastAPI naive (JSON body) | **{_x(r_json)}** | "
         f"{_f(_rps(ds32))} vs {_f(_rps(fa_json))} req/s | >= 1.5x | "
-        f"{_met(None if r_json is None else r_json >= TARGETS['fastapi_ratio'])} |",
-        f"| 2b' | same vs FastAPI naive (raw-bytes body) | **{_f(r_raw, 2)}x** | {_f(_rps(ds32))} vs "
-        f"{_f(_rps(fa_raw))} req/s | >= 1.5x | {_met(None if r_raw is None else r_raw >= TARGETS['fastapi_ratio'])} |",
+        f"{_met(None if r_json is None else r_json >= TARGETS['fastapi_ratio'])} |"),
+        (f"| 2b' | same vs FastAPI naive (raw-bytes body) | **{_x(r_raw)}** | {_f(_rps(ds32))} vs "
+        f"{_f(_rps(fa_raw))} req/s | >= 1.5x | {_met(None if r_raw is None else r_raw >= TARGETS['fastapi_ratio'])} |"),
     ]
     return rows, {"efficiency": eff, "overhead_nobatch_ms": over_nb, "overhead_batch_ms": over_b,
                   "fastapi_json_ratio": r_json, "fastapi_raw_ratio": r_raw}
@@ -89,15 +93,21 @@ def _point_cells(p: dict | None) -> str:
 
 
 def _cpu(p: dict | None) -> str:
-    return "n/a" if p is None else f"{p['server_cpu_cores']} / {p['loadgen_cpu_cores']}"
+    if p is None:
+        return "n/a | n/a"
+    per_request = 1e3 * p["server_cpu_cores"] / p["rps"] if p["rps"] else float("nan")
+    return (f"{p['server_cpu_cores']} / {p['loadgen_cpu_cores']} / {p.get('other_cpu_cores', '?')} | "
+            f"{per_request:.2f}")
 
 
 def section_efficiency(fig: Figures) -> list[str]:
-    out = ["| in-process batch | runs | rows/s | p50 per run (ms) | p99 per run (ms) |", "|---:|---:|---:|---:|---:|"]
-    out += [f"| {p['batch']} | {p['runs']} | {_f(p['rows_per_s'])} | {_f(p['p50_ms'], 3)} | {_f(p['p99_ms'], 3)} |"
+    out = ["| in-process batch | runs | rows/s | p50 per run (ms) | p99 per run (ms) | CPU cores | CPU ms per row |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
+    out += [f"| {p['batch']} | {p['runs']} | {_f(p['rows_per_s'])} | {_f(p['p50_ms'], 3)} | {_f(p['p99_ms'], 3)} | "
+            f"{p.get('own_cpu_cores', 'n/a')} | {_f(1e3 * p.get('own_cpu_cores', float('nan')) / p['rows_per_s'], 2)} |"
             for p in fig.inprocess("resnet_bench")]
-    out += ["", "| deepserve, 64 clients | req/s | p50 (ms) | p99 (ms) | errors | CPU cores server / loadgen |",
-            "|---|---:|---:|---:|---:|---|"]
+    out += ["", "| deepserve, 64 clients | req/s | p50 (ms) | p99 (ms) | errors | CPU cores server / loadgen / other | server CPU ms per request |",
+            "|---|---:|---:|---:|---:|---|---:|"]
     for model in ("resnet_bench", "resnet_bench_i2", "resnet_bench_nobatch"):
         p = fig.get("deepserve", model, "v2-binary", 64)
         out.append(f"| `{model}` | {_point_cells(p)} | {p and p['errors']} | {_cpu(p)} |")
@@ -106,10 +116,10 @@ def section_efficiency(fig: Figures) -> list[str]:
 
 def section_overhead(fig: Figures) -> list[str]:
     mlp = next((p for p in fig.inprocess("mlp_tiny") if p["batch"] == 1), None)
-    out = [f"In-process `session.run` on mlp_tiny, batch 1: p50 {_f(mlp and mlp['p50_ms'], 3)} ms, "
-           f"p99 {_f(mlp and mlp['p99_ms'], 3)} ms.", "",
-           "| server | body | clients | req/s | p50 (ms) | p99 (ms) | errors | CPU cores server / loadgen |",
-           "|---|---|---:|---:|---:|---:|---:|---|"]
+    out = [(f"In-process `session.run` on mlp_tiny, batch 1: p50 {_f(mlp and mlp['p50_ms'], 3)} ms, "
+           f"p99 {_f(mlp and mlp['p99_ms'], 3)} ms."), "",
+           ("| server | body | clients | req/s | p50 (ms) | p99 (ms) | errors | CPU cores server / loadgen / other | "
+           "server CPU ms per request |"), "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     rows = [("deepserve", "mlp_tiny_nobatch", "v2-binary", 1), ("deepserve", "mlp_tiny", "v2-binary", 1),
             ("fastapi-naive", "mlp_tiny", "json-list", 1), ("fastapi-naive", "mlp_tiny", "raw-bytes", 1),
             ("deepserve", "mlp_tiny", "v2-binary", 32), ("deepserve", "mlp_tiny_nobatch", "v2-binary", 32),
@@ -124,8 +134,8 @@ def section_overhead(fig: Figures) -> list[str]:
 
 
 def section_batching(fig: Figures) -> list[str]:
-    out = ["| model | clients | batching: req/s | p50 | p99 | off (`_nobatch`): req/s | p50 | p99 | "
-           "throughput ratio on/off |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [("| model | clients | batching: req/s | p50 | p99 | off (`_nobatch`): req/s | p50 | p99 | "
+           "throughput ratio on/off |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model in ("resnet_bench", "mlp_tiny"):
         for c in (1, 8, 32, 64):
             on = fig.get("deepserve", model, "v2-binary", c)
@@ -138,8 +148,8 @@ def section_batching(fig: Figures) -> list[str]:
 
 
 def section_peer(fig: Figures) -> list[str]:
-    out = ["| model | clients | deepserve v2-binary: req/s | p50 | p99 | LitServe JSON list: req/s | p50 | p99 | "
-           "LitServe base64: req/s | p50 | p99 | deepserve / best LitServe |",
+    out = [("| model | clients | deepserve v2-binary: req/s | p50 | p99 | LitServe JSON list: req/s | p50 | p99 | "
+           "LitServe base64: req/s | p50 | p99 | deepserve / best LitServe |"),
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model in ("resnet_bench", "mlp_tiny"):
         for c in (1, 8, 32, 64):
@@ -148,7 +158,7 @@ def section_peer(fig: Figures) -> list[str]:
             lb = fig.get("litserve", model, "json-b64", c)
             best = max((x for x in (_rps(lj), _rps(lb)) if x is not None), default=None)
             out.append(f"| `{model}` | {c} | {_point_cells(ds)} | {_point_cells(lj)} | {_point_cells(lb)} | "
-                       f"{_f(_ratio(_rps(ds), best), 2)}x |")
+                       f"{_x(_ratio(_rps(ds), best))} |")
     failed = [p for p in fig.data["points"] if p["server"] == "litserve" and "failed" in p]
     if failed:
         out.append("")
@@ -165,9 +175,27 @@ def section_profiles(data: dict) -> list[str]:
             continue
         p = prof["point"]
         out += [f"### {name}", "",
-                f"Profiled run (py-spy 100 Hz, `--nonblocking --threads`, not used in the tables above): "
-                f"{_f(p['rps'])} req/s, p50 {_f(p['p50_ms'], 2)} ms.", "", render(prof["summary"]), ""]
+                (f"Profiled run (py-spy 100 Hz, `--nonblocking --threads`, not used in the tables above): "
+                f"{_f(p['rps'])} req/s, p50 {_f(p['p50_ms'], 2)} ms."), "", render(prof["summary"]), ""]
     return out
+
+
+def _noise(data: dict) -> str:
+    points = [p for p in data["points"] if "other_cpu_cores" in p and not p.get("profiled")]
+    inproc = [p for m in data["inprocess"].values() for p in m["points"] if "other_cpu_cores" in p]
+    limit = data["meta"].get("max_other_cores", 0.2)
+    noisy = [p for p in points if p["other_cpu_cores"] > limit]
+    noisy_in = [p for p in inproc if p["other_cpu_cores"] > limit]
+    others = [p["other_cpu_cores"] for p in points]
+    if not others:
+        return ""
+    line = (f"* **Noise:** other processes used {min(others)}-{max(others)} cores during the load points "
+            f"(mean {sum(others) / len(others):.2f}); {len(noisy)} of {len(points)} load points and "
+            f"{len(noisy_in)} of {len(inproc)} in-process points stayed above {limit} cores after redos")
+    if noisy:
+        line += ": " + ", ".join(f"{p['server']} {p['model']} {p['format']} c={p['concurrency']} "
+                                 f"({p['other_cpu_cores']})" for p in noisy)
+    return line + "."
 
 
 def render(data: dict) -> str:
@@ -178,20 +206,24 @@ def render(data: dict) -> str:
     out = [
         "# Benchmarks",
         "",
-        "Written by `loadtests/bench.py`; do not edit by hand, re-run it. Benchmarks, not tests: "
-        "nothing here is asserted, and a missed target is reported as measured.",
+        ("Written by `loadtests/bench.py`; do not edit by hand, re-run it. Benchmarks, not tests: "
+        "nothing here is asserted, and a missed target is reported as measured."),
         "",
         f"* **Command:** `{meta['command']}` (from the repository root; wall time {meta.get('wall_s', '?')} s)",
         f"* **Date:** {meta['date']}; commit `{meta['commit']}`",
-        f"* **Machine:** {meta['cores']} cores ({meta['cpu']}), {meta['memory_gib']} GiB, CPU only, no GPU; "
+        (f"* **Machine:** {meta['cores']} cores ({meta['cpu']}), {meta['memory_gib']} GiB, CPU only, no GPU; "
         f"{meta['platform']}; Python {meta['python']}, onnxruntime {meta['onnxruntime']}, "
-        f"LitServe {meta['litserve']}",
-        f"* **Load:** `loadtests/loadgen.py`, closed loop, one keep-alive connection per client, in the "
+        f"LitServe {meta['litserve']}"),
+        (f"* **Load:** `loadtests/loadgen.py`, closed loop, one keep-alive connection per client, in the "
         f"benchmark process, **on the same {meta['cores']} cores as the server**; each point "
         f"{meta['warmup_s']} s warm-up (discarded) + {meta['duration_s']} s measured; one request = one row "
         "(batch 1); every answer is checked for shape, and each client's first answer against in-process ONNX "
         "Runtime. Latency is client-side (send to last body byte). The \"CPU cores\" columns are CPU seconds "
-        "per wall second of the server process tree and of the load generator.",
+        "per wall second of the server process tree, of the load generator, and of every other process on "
+        "the machine (other sessions share this host; a point where others took more than "
+        f"{meta.get('max_other_cores', 0.2)} cores was redone, up to {meta.get('retries', 2)} times, keeping the "
+        "quietest attempt)."),
+        _noise(data),
         "",
         "## Summary",
         "",
@@ -199,18 +231,18 @@ def render(data: dict) -> str:
         "",
         "## 1. Serving efficiency (resnet_bench)",
         "",
-        "In-process: deepserve's own `OnnxRuntime` runtime class, loaded with the options the server derives "
-        f"from the same config.pbtxt: `{json.dumps(session)}`; back-to-back `execute` on one thread.",
+        ("In-process: deepserve's own `OnnxRuntime` runtime class, loaded with the options the server derives "
+        f"from the same config.pbtxt: `{json.dumps(session)}`; back-to-back `execute` on one thread."),
         "",
         *section_efficiency(fig),
         "",
         "## 2. Request overhead (mlp_tiny)",
         "",
-        "FastAPI naive = `loadtests/baselines/fastapi_naive.py`: `/predict` is a sync endpoint taking a pydantic "
+        ("FastAPI naive = `loadtests/baselines/fastapi_naive.py`: `/predict` is a sync endpoint taking a pydantic "
         "`{\"input\": list[list[float]]}` body and returning `{\"logits\": out.tolist()}`; `/predict_raw` is an "
         "async endpoint reading the FP32 bytes and answering the output bytes. One `session.run` per request, "
         "no batching, uvicorn, one worker, access log off. `fastapi-naive` uses ONNX Runtime's default session "
-        "(what a user gets); `fastapi-naive+ds-opts` copies deepserve's session options.",
+        "(what a user gets); `fastapi-naive+ds-opts` copies deepserve's session options."),
         "",
         *section_overhead(fig),
         "",
@@ -220,21 +252,21 @@ def render(data: dict) -> str:
         "",
         "## 4. Peer: LitServe",
         "",
-        "`loadtests/baselines/litserve_onnx.py` in its own venv (`/work/peer-venv`): `LitAPI(max_batch_size=64, "
+        ("`loadtests/baselines/litserve_onnx.py` in its own venv (`/work/peer-venv`): `LitAPI(max_batch_size=64, "
         "batch_timeout=0.0005)` (deepserve's max_batch_size and max_queue_delay), `batch` concatenates rows, "
         "`unbatch` splits them, the same ONNX file with deepserve's session options, `LitServer(accelerator='cpu', "
         "workers_per_device=1)`: one API process + one inference worker process. LitServe has no binary tensor "
         "protocol; its `decode_request` gets the parsed JSON, so the two formats are a JSON list "
         "(`{\"input\": [[...]]}`) and base64 of the FP32 bytes inside JSON (`{\"input_b64\": ..., \"shape\": ...}`, "
-        "answered the same way).",
+        "answered the same way)."),
         "",
         *section_peer(fig),
         "",
         "## Exact configurations",
         "",
-        "Servers (`$WORK` is the benchmark's temp folder; the repository is written there by "
+        ("Servers (`$WORK` is the benchmark's temp folder; the repository is written there by "
         "`python -m server.cli models build-bench`, plus `resnet_bench_i2`, a copy of resnet_bench with "
-        "`instance_group.count: 2`, so 2 sessions with 1 intra-op thread each):",
+        "`instance_group.count: 2`, so 2 sessions with 1 intra-op thread each):"),
         "",
     ]
     for name, rec in data["servers"].items():

@@ -121,9 +121,11 @@ async def learn_expected(scenario: Scenario) -> Scenario:
     """For the command line: take the server's first answer as the expected one."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as session:
-        async with session.post(scenario.url, data=scenario.body, headers=scenario.headers) as resp:
-            output = scenario.decode(resp.status, resp.headers, await resp.read())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(scenario.url, data=scenario.body, headers=scenario.headers) as resp,
+    ):
+        output = scenario.decode(resp.status, resp.headers, await resp.read())
     scenario = dataclasses.replace(scenario, expected=output.copy())
     problem = await probe(scenario)
     if problem:
