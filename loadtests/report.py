@@ -277,6 +277,9 @@ def render(data: dict) -> str:
     for model, text in data["configs"].items():
         out += [f"<details><summary><code>{model}/config.pbtxt</code></summary>", "", "```", text.rstrip(), "```",
                 "", "</details>", ""]
+    findings = Path(__file__).with_name("findings.md")
+    if findings.exists():
+        out += [findings.read_text().rstrip(), ""]
     profiles = section_profiles(data)
     if profiles:
         out += ["## Where the server's CPU time goes (py-spy)", "", *profiles]
@@ -287,8 +290,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_path")
     parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--resummarize", action="store_true", help="re-read the py-spy files where they still exist")
     args = parser.parse_args()
-    Path(args.out).write_text(render(json.loads(Path(args.json_path).read_text())))
+    data = json.loads(Path(args.json_path).read_text())
+    if args.resummarize:
+        from loadtests.profile_summary import summarize
+
+        for profile in data.get("profiles", {}).values():
+            if Path(profile["raw"]).exists():
+                profile["summary"] = summarize(Path(profile["raw"]))
+        Path(args.json_path).write_text(json.dumps(data, indent=1, default=str))
+    Path(args.out).write_text(render(data))
 
 
 if __name__ == "__main__":
