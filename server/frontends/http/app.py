@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.core.errors import DeepserveError
 from server.frontends.http import repository, v2
 from server.frontends.http.errors import handle_deepserve_error, handle_http_error
+from server.frontends.http.infer import InferRoute
 from server.frontends.http.responses import json_response
 from server.service import InferenceService
 from server.settings import Settings
@@ -20,7 +21,8 @@ async def _handle_validation_error(request: Request, error: RequestValidationErr
     return json_response({"error": f"invalid request: {error.errors()}"}, status_code=400)
 
 
-def create_app(service: InferenceService, settings: Settings, registry: CollectorRegistry) -> FastAPI:
+def create_app(service: InferenceService, settings: Settings, registry: CollectorRegistry) -> InferRoute:
+    """The HTTP server's ASGI app: the infer fast path in front of the FastAPI routes."""
     app = FastAPI(title="deepserve", version=service.version, docs_url="/docs", redoc_url=None)
     app.state.service = service
     app.state.settings = settings
@@ -31,7 +33,7 @@ def create_app(service: InferenceService, settings: Settings, registry: Collecto
     app.include_router(v2.router)
     app.include_router(repository.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
-    return app
+    return InferRoute(app, service, settings.max_request_bytes)
 
 
 async def metrics(request: Request) -> Response:

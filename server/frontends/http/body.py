@@ -1,34 +1,51 @@
-"""Reading a request body within the size limit, and gzip / deflate bodies."""
+"""Reading an ASGI request body within the size limit, and gzip / deflate bodies.
+
+Framework-free (raw ASGI ``receive``), so the infer fast path and the FastAPI routes
+read bodies the same way.
+"""
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Awaitable, Callable, Mapping
 
-from fastapi import Request
-from starlette.exceptions import HTTPException
+from server.core.errors import InvalidInput, Unavailable
 
-from server.core.errors import InvalidInput
-
-
-def _too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"request body is larger than the limit of {limit} bytes (--max-request-bytes)")
+Receive = Callable[[], Awaitable[dict]]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed ``limit``:
-    from Content-Length before reading, or while streaming a chunked body."""
-    declared = request.headers.get("content-length")
+class BodyTooLarge(InvalidInput):
+    """The body is over ``--max-request-bytes`` (HTTP 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the limit of {limit} bytes (--max-request-bytes)")
+
+
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed ``limit``: from
+    Content-Length before reading, while reading a chunked body, or while decompressing."""
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
+        raise BodyTooLarge(limit)
+    message = await receive()
+    body = message.get("body", b"")
+    if message.get("more_body", False):
+        chunks, size = [body], len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Unavailable("the client disconnected while sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    elif message["type"] == "http.disconnect":
+        raise Unavailable("the client disconnected while sending the body")
+    if len(body) > limit:
+        raise BodyTooLarge(limit)
+    encoding = headers.get("content-encoding", "").strip().lower()
     if encoding and encoding != "identity":
         body = decompress(body, encoding, limit)
     return body
@@ -46,7 +63,7 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as exc:
         raise InvalidInput(f"the {encoding} body does not decompress: {exc}") from None
     if len(out) > limit or decoder.unconsumed_tail:
-        raise _too_large(limit)
+        raise BodyTooLarge(limit)
     return out
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.core.errors import DeepserveError, InvalidInput, ModelError, ModelNotFound, Unavailable, Unsupported
+from server.frontends.http.body import BodyTooLarge
 from server.frontends.http.responses import json_response
 
 _STATUS: tuple[tuple[type[DeepserveError], int], ...] = (
@@ -16,6 +18,7 @@ _STATUS: tuple[tuple[type[DeepserveError], int], ...] = (
     (Unavailable, 503),
     (Unsupported, 501),
     (ModelError, 500),
+    (BodyTooLarge, 413),
     (InvalidInput, 400),
 )
 
@@ -27,17 +30,19 @@ def status_for(error: DeepserveError) -> int:
     return 400
 
 
-def error_response(error: DeepserveError) -> Response:
+def error_parts(error: DeepserveError) -> tuple[int, dict[str, str], bytes]:
+    """Status, extra headers and JSON body for an error (also used by the fast path)."""
     headers = {}
     if isinstance(error, Unavailable):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s or 1)))
-    return json_response({"error": error.message}, status_code=status_for(error), headers=headers)
+    return status_for(error), headers, orjson.dumps({"error": error.message})
 
 
 async def handle_deepserve_error(request: Request, error: DeepserveError) -> Response:
-    return error_response(error)
+    status, headers, body = error_parts(error)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 async def handle_http_error(request: Request, error: StarletteHTTPException) -> Response:
-    """Unknown paths, wrong methods, too-large bodies: still ``{"error": ...}``."""
+    """Unknown paths, wrong methods: still ``{"error": ...}``."""
     return json_response({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)

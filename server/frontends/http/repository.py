@@ -22,7 +22,7 @@ def _service(request: Request) -> InferenceService:
 
 
 async def _json_body(request: Request) -> dict:
-    body = await read_body(request, request.app.state.settings.max_request_bytes)
+    body = await read_body(request.receive, request.headers, request.app.state.settings.max_request_bytes)
     if not body.strip():
         return {}
     try:

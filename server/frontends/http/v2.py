@@ -1,23 +1,19 @@
-"""Open Inference Protocol v2 routes: health, metadata, config, infer, statistics."""
+"""Open Inference Protocol v2 routes: health, metadata, config, statistics.
+
+(``.../infer`` is served by :mod:`server.frontends.http.infer`, in front of this app.)
+"""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.core.errors import InvalidInput, Unavailable
-from server.frontends.http import codec
-from server.frontends.http.body import compress, read_body
+from server.core.errors import InvalidInput
 from server.frontends.http.responses import json_response
 from server.repository.config import config_to_json
 from server.service import InferenceService
 
 router = APIRouter()
-T = TypeVar("T")
 
 
 def _service(request: Request) -> InferenceService:
@@ -91,68 +87,10 @@ async def model_config(request: Request, model: str, version: str = "") -> Respo
     return json_response(config_to_json(_service(request).model_config(model, _version(version))))
 
 
-async def infer(request: Request, model: str, version: str = "") -> Response:
-    service = _service(request)
-    body = await read_body(request, request.app.state.settings.max_request_bytes)
-    header = request.headers.get(codec.HEADER)
-    if header is not None and not header.strip().isdigit():
-        raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got '{header}'")
-    header_length = int(header) if header is not None else None
-    if header_length == 0:
-        inputs = service.model(model, _version(version)).inputs
-        if len(inputs) != 1:
-            raise InvalidInput("a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input")
-        infer_request = codec.decode_raw_binary(body, inputs[0], model, version)
-    else:
-        infer_request = codec.decode_request(body, header_length, model, _version(version))
-    result = await until_disconnect(request, service.infer(infer_request))
-    content, json_length = codec.encode_response(result, infer_request.parameters["binary_data_output"])
-    headers = {}
-    if json_length is not None:
-        headers["Inference-Header-Content-Length"] = str(json_length)
-    accept = request.headers.get("accept-encoding")
-    if accept:
-        content, encoding = compress(content, accept)
-        if encoding:
-            headers["Content-Encoding"] = encoding
-    media = "application/json" if json_length is None else "application/octet-stream"
-    return Response(content, media_type=media, headers=headers)
-
-
 for suffix, endpoint, methods in (
     ("", model_metadata, ["GET"]),
     ("/ready", model_ready, ["GET"]),
     ("/config", model_config, ["GET"]),
-    ("/infer", infer, ["POST"]),
 ):
     router.add_api_route(f"/v2/models/{{model}}{suffix}", endpoint, methods=methods)
     router.add_api_route(f"/v2/models/{{model}}/versions/{{version}}{suffix}", endpoint, methods=methods)
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first.
-
-    The body has been read, so the next ASGI message can only be the disconnect; a
-    watcher waits for it and cancels this task, which cancels the queued request
-    (the batcher then drops it before it reaches a runtime).
-    """
-    task = asyncio.current_task()
-    gone = False
-
-    def on_message(watcher: asyncio.Task) -> None:
-        nonlocal gone
-        if not watcher.cancelled() and watcher.exception() is None and watcher.result().get("type") == "http.disconnect":
-            gone = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(request.receive())
-    watcher.add_done_callback(on_message)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone:
-            raise Unavailable("the client disconnected before the answer was ready") from None
-        raise
-    finally:
-        watcher.remove_done_callback(on_message)
-        watcher.cancel()
