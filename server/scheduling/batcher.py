@@ -15,9 +15,10 @@ cancels its future, and the scheduler drops it before it reaches a runtime.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,40 @@ class NullObserver:
         pass
 
 
+class _InstanceThread:
+    """One long-lived thread per runtime instance, fed jobs through a queue.
+
+    Cheaper per batch than ``run_in_executor`` plus a task: the job hands its result
+    back to the event loop with one ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self.runtime = runtime
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
+@dataclass(slots=True)
+class _Finished:
+    batch: Batch
+    queue_s: tuple[float, ...]
+    results: list[Outputs] | None
+    timings: tuple[float, float, float]
+    error: DeepserveError | None
+
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -72,20 +107,26 @@ class DynamicBatcher:
             raise ValueError("a batcher needs at least one runtime instance")
         self.policy = policy
         self._scheduler = BatchScheduler(policy)
-        self._idle: list[Runtime] = list(instances)
+        self._instances = list(instances)
+        self._idle: list[_InstanceThread] = []
         self._observer = observer or NullObserver()
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=len(instances), thread_name_prefix="runtime")
         self._wake = asyncio.Event()
-        self._running: set[asyncio.Task] = set()
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_task: asyncio.Task | None = None
-        self._last_done: asyncio.Future | None = None  # preserve_ordering chain
+        self._running = 0  # batches handed to instance threads, not yet finished
+        # preserve_ordering: batches are numbered when started and settled in that order.
+        self._started_seq = 0
+        self._settled_seq = 0
+        self._finished: dict[int, _Finished] = {}
 
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        self._loop = asyncio.get_running_loop()
+        self._idle = [_InstanceThread(r, f"runtime-{i}") for i, r in enumerate(self._instances)]
+        self._loop_task = self._loop.create_task(self._run(), name="batcher")
 
     async def aclose(self) -> None:
         """Stop taking requests, let queued and running ones finish, then stop."""
@@ -93,9 +134,8 @@ class DynamicBatcher:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        for worker in self._idle:
+            await asyncio.to_thread(worker.stop)
 
     # -- the caller's side ---------------------------------------------------------
 
@@ -113,7 +153,7 @@ class DynamicBatcher:
         if timeout_us and queue_policy.allow_timeout_override:
             timeout = min(timeout_us, timeout) if timeout else timeout_us
         now = self._clock()
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outputs] = self._loop.create_future()
         request = QueuedRequest(
             inputs=inputs,
             rows=rows,
@@ -125,34 +165,37 @@ class DynamicBatcher:
             key=batch_key(inputs) if policy.batching else (),
         )
         self._scheduler.add(request)  # raises QueueFull
-        self._observer.pending(len(self._scheduler))
         future.add_done_callback(self._on_caller_done)
-        self._wake.set()
+        # Dispatch from here when an instance is idle: no trip through the loop task.
+        self._schedule_all()
         return await future
 
     def _on_caller_done(self, future: asyncio.Future) -> None:
         if future.cancelled():
             self._wake.set()  # let the loop drop it from the queue now
 
-    # -- the loop ------------------------------------------------------------------
+    # -- the loop: timers (batching delay, queue timeouts) and closing ---------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle | None = None
         while True:
             self._wake.clear()
             if timer is not None:
                 timer.cancel()
                 timer = None
-            plan = self._schedule_all()
+            plan = self._schedule_all(from_loop=True)
             if self._closing and not len(self._scheduler) and not self._running:
                 return
             if plan.wake_at_s is not None:
-                timer = loop.call_later(max(0.0, plan.wake_at_s - self._clock()), self._wake.set)
+                timer = self._loop.call_later(max(0.0, plan.wake_at_s - self._clock()), self._wake.set)
             await self._wake.wait()
 
-    def _schedule_all(self) -> Plan:
-        """Start as many batches as there are idle instances; settle dropped requests."""
+    def _schedule_all(self, from_loop: bool = False) -> Plan:
+        """Start as many batches as there are idle instances; settle dropped requests.
+
+        Called from ``submit``, when a batch finishes, and by the loop; when called
+        elsewhere and a later deadline matters, the loop is woken to set its timer.
+        """
         while True:
             plan = self._scheduler.schedule(self._clock(), can_dispatch=bool(self._idle))
             for request in plan.expired:
@@ -162,49 +205,55 @@ class DynamicBatcher:
                 self._observer.dropped("CANCELED")
             if plan.batch is None:
                 self._observer.pending(len(self._scheduler))
+                if not from_loop and (plan.wake_at_s is not None or self._closing):
+                    self._wake.set()
                 return plan
             self._start(plan.batch, self._idle.pop())
 
-    def _start(self, batch: Batch, instance: Runtime) -> None:
-        previous, done = self._last_done, asyncio.get_running_loop().create_future()
-        if self.policy.preserve_ordering:
-            self._last_done = done
-        task = asyncio.get_running_loop().create_task(self._execute(batch, instance, previous, done))
-        self._running.add(task)
-        task.add_done_callback(self._batch_task_done)
+    # -- running a batch -----------------------------------------------------------
 
-    def _batch_task_done(self, task: asyncio.Task) -> None:
-        self._running.discard(task)
-        self._wake.set()  # a closing batcher waits for its last batch to be gone
-
-    async def _execute(
-        self, batch: Batch, instance: Runtime, previous: asyncio.Future | None, done: asyncio.Future
-    ) -> None:
+    def _start(self, batch: Batch, worker: _InstanceThread) -> None:
         started = self._clock()
         queue_s = tuple(started - r.enqueued_s for r in batch.requests)
-        loop = asyncio.get_running_loop()
-        try:
-            results, timings = await loop.run_in_executor(self._executor, _run_batch, instance, batch, self.policy)
-        except DeepserveError as exc:
-            results, error = None, exc
-        except Exception as exc:  # a runtime bug must still answer every caller
-            results, error = None, ModelError(f"the runtime failed: {exc!r}")
-        finally:
-            self._idle.append(instance)
-            self._wake.set()
-        if previous is not None and self.policy.preserve_ordering:
-            await asyncio.shield(previous)
-        if results is None:
-            self._observer.batch_done(batch.rows, len(batch.requests), BatchTimings(queue_s, 0.0, 0.0, 0.0), False)
-            for request in batch.requests:
-                _settle(request, error=error)
+        seq = self._started_seq
+        self._started_seq += 1
+        self._running += 1
+        loop, policy = self._loop, self.policy
+
+        def job() -> None:  # on the instance's thread
+            results, timings, error = None, (0.0, 0.0, 0.0), None
+            try:
+                results, timings = _run_batch(worker.runtime, batch, policy)
+            except DeepserveError as exc:
+                error = exc
+            except Exception as exc:  # a runtime bug must still answer every caller
+                error = ModelError(f"the runtime failed: {exc!r}")
+            loop.call_soon_threadsafe(self._finish, seq, worker, _Finished(batch, queue_s, results, timings, error))
+
+        worker.submit(job)
+
+    def _finish(self, seq: int, worker: _InstanceThread, done: _Finished) -> None:
+        self._running -= 1
+        self._idle.append(worker)
+        if self.policy.preserve_ordering:
+            self._finished[seq] = done
+            while self._settled_seq in self._finished:
+                self._answer(self._finished.pop(self._settled_seq))
+                self._settled_seq += 1
         else:
-            self._observer.batch_done(
-                batch.rows, len(batch.requests), BatchTimings(queue_s, *timings), True
-            )
-            for request, outputs in zip(batch.requests, results, strict=True):
+            self._answer(done)
+        self._schedule_all()
+
+    def _answer(self, done: _Finished) -> None:
+        batch = done.batch
+        ok = done.results is not None
+        self._observer.batch_done(batch.rows, len(batch.requests), BatchTimings(done.queue_s, *done.timings), ok)
+        if ok:
+            for request, outputs in zip(batch.requests, done.results, strict=True):
                 _settle(request, outputs=outputs)
-        done.set_result(None)
+        else:
+            for request in batch.requests:
+                _settle(request, error=done.error)
 
 
 def _settle(request: QueuedRequest, outputs: Outputs | None = None, error: Exception | None = None) -> None:
