@@ -127,7 +127,7 @@ def main() -> None:
         grpc_url, http_url = args.grpc_url, args.http_url
         if not (grpc_url and http_url):
             sys.path.insert(0, str(ROOT / "tests" / "integration"))
-            import grpc_fixtures as fx
+            import server_fixtures as fx
 
             repo = fx.build_repository(Path(stack.enter_context(tempfile.TemporaryDirectory())))
             env = {"DEEPSERVE_GRPC_MAX_MESSAGE_BYTES": str(64 * 1024 * 1024)}

@@ -1,5 +1,5 @@
 """A real server on loopback, for the HTTP tests: the default digits model plus tiny
-ONNX models built with ``onnx.helper`` (see ``grpc_fixtures`` for those)."""
+ONNX models built with ``onnx.helper`` (see ``server_fixtures`` for those)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration import grpc_fixtures as fx
+from tests.integration import server_fixtures as fx
 
 BOUNDED_CONFIG = """
 name: "bounded"

@@ -12,7 +12,7 @@ from export.families import get_family
 from export.onnx import ort_runner
 from export.repository import read_config
 from export.variants import export_variants
-from tests.integration.grpc_fixtures import running_server
+from tests.integration.server_fixtures import running_server
 
 VARIANTS = ["fp32", "fp16", "int8-static", "int8-dynamic", "sparse50", "pruned50"]
 

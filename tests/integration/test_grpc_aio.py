@@ -12,10 +12,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-try:
-    from tests.integration import grpc_fixtures as fx
-except ImportError:  # tests/ is not a package: pytest put this folder on sys.path
-    import grpc_fixtures as fx
+from tests.integration import server_fixtures as fx
 
 pytestmark = pytest.mark.timeout(90)
 

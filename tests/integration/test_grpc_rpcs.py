@@ -18,10 +18,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-try:
-    from tests.integration import grpc_fixtures as fx
-except ImportError:  # tests/ is not a package: pytest put this folder on sys.path
-    import grpc_fixtures as fx
+from tests.integration import server_fixtures as fx
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration import grpc_fixtures as fx
+from tests.integration import server_fixtures as fx
 
 DIGIT = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
 

@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.integration import grpc_fixtures as fx
+from tests.integration import server_fixtures as fx
 from tests.integration.conftest import add_broken_model
 
 

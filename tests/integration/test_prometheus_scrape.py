@@ -1,6 +1,6 @@
 """A real Prometheus scrapes a real deepserve, and every query of the Grafana dashboard runs.
 
-The server (``grpc_fixtures.running_server`` on the tiny ``simple`` model) serves /metrics on its
+The server (``server_fixtures.running_server`` on the tiny ``simple`` model) serves /metrics on its
 own metrics port, as the Docker images do (``DEEPSERVE_METRICS_PORT``). Prometheus (Debian's
 ``prometheus`` binary; skipped with a reason when it is not installed) scrapes it every second,
 loads ``docker/prometheus/alerts.yml`` and evaluates it every second. After some traffic, every
@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.integration import grpc_fixtures as fx
+from tests.integration import server_fixtures as fx
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

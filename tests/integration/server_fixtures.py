@@ -1,4 +1,4 @@
-"""A temp model repository of tiny ONNX models and a real server subprocess, for the gRPC tests
+"""A temp model repository of tiny ONNX models and a real server subprocess, for the integration tests
 (and ``loadtests/grpc_vs_http.py``).
 
 Models (built with ``onnx.helper``; nothing is downloaded)::
@@ -176,7 +176,7 @@ def running_server(
     """``python -m server.cli serve`` on free loopback ports, once ``/v2/health/<wait_for>``
     answers 200 (``live`` for a server that is not meant to become ready); SIGTERM on exit."""
     http_port, grpc_port = free_port(), free_port()
-    log_path = Path(tempfile.mkstemp(prefix="deepserve-grpc-test-", suffix=".log")[1])
+    log_path = Path(tempfile.mkstemp(prefix="deepserve-test-", suffix=".log")[1])
     env = {
         **os.environ,
         "DEEPSERVE_GRPC_MAX_MESSAGE_BYTES": str(SMALL_MESSAGE_BYTES),
