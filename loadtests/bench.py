@@ -268,6 +268,8 @@ class Bench:
             "onnxruntime": onnxruntime.__version__,
             "litserve": peer.stdout.strip() if peer and peer.returncode == 0 else None,
             "commit": commit.stdout.strip(),
+            "server_tree_dirty": bool(subprocess.run(["git", "status", "--porcelain", "server"], cwd=ROOT,
+                                                     capture_output=True, text=True, check=False).stdout.strip()),
             "duration_s": self.args.duration,
             "warmup_s": self.args.warmup,
             "max_other_cores": self.args.max_other_cores,

@@ -210,7 +210,8 @@ def render(data: dict) -> str:
         "nothing here is asserted, and a missed target is reported as measured."),
         "",
         f"* **Command:** `{meta['command']}` (from the repository root; wall time {meta.get('wall_s', '?')} s)",
-        f"* **Date:** {meta['date']}; commit `{meta['commit']}`",
+        f"* **Date:** {meta['date']}; commit `{meta['commit']}`"
+        + (" (with uncommitted changes under server/)" if meta.get("server_tree_dirty") else ""),
         (f"* **Machine:** {meta['cores']} cores ({meta['cpu']}), {meta['memory_gib']} GiB, CPU only, no GPU; "
         f"{meta['platform']}; Python {meta['python']}, onnxruntime {meta['onnxruntime']}, "
         f"LitServe {meta['litserve']}"),
