@@ -65,7 +65,7 @@ def test_served_over_http(digits, tmp_path) -> None:
     import tritonclient.http as httpclient
 
     from export.variants import write_variant
-    from tests.integration.grpc_fixtures import running_server
+    from tests.integration.server_fixtures import running_server
 
     write_variant(tmp_path, digits.family, digits.build("trt-fp16"), "digits_trt")
     feed, labels = digits.family.held_out()

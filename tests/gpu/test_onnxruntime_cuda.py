@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.http as httpclient
 
-from tests.integration import grpc_fixtures as fx
+from tests.integration import server_fixtures as fx
 from tests.markers import requires_cuda
 
 pytestmark = requires_cuda
