@@ -18,7 +18,7 @@ def _group() -> None:
 
 
 def _opt(help_text: str, env: str):
-    return typer.Option(help=f"{help_text} [env: DEEPSERVE_{env}]", show_default=False)
+    return typer.Option(help=f"{help_text} (env: DEEPSERVE_{env})", show_default=False)
 
 
 @app.command()
@@ -28,10 +28,10 @@ def serve(
     http_port: Annotated[Optional[int], _opt("HTTP port (default 8000).", "HTTP_PORT")] = None,
     grpc_port: Annotated[Optional[int], _opt("gRPC port (default 8001).", "GRPC_PORT")] = None,
     metrics_port: Annotated[Optional[int], _opt("Also serve /metrics on this port (off by default).", "METRICS_PORT")] = None,
-    grpc: Annotated[Optional[bool], typer.Option("--grpc/--no-grpc", help="Serve gRPC too (default on). [env: DEEPSERVE_GRPC_ENABLED]", show_default=False)] = None,
+    grpc: Annotated[Optional[bool], typer.Option("--grpc/--no-grpc", help="Serve gRPC too (default on). (env: DEEPSERVE_GRPC_ENABLED)", show_default=False)] = None,
     max_request_bytes: Annotated[Optional[int], _opt("Largest request body in bytes (default 64 MiB).", "MAX_REQUEST_BYTES")] = None,
     grpc_max_message_bytes: Annotated[Optional[int], _opt("Largest gRPC message in bytes (default: --max-request-bytes).", "GRPC_MAX_MESSAGE_BYTES")] = None,
-    strict_readiness: Annotated[Optional[bool], typer.Option("--strict-readiness/--no-strict-readiness", help="Ready only when every model is ready (default on). [env: DEEPSERVE_STRICT_READINESS]", show_default=False)] = None,
+    strict_readiness: Annotated[Optional[bool], typer.Option("--strict-readiness/--no-strict-readiness", help="Ready only when every model is ready (default on). (env: DEEPSERVE_STRICT_READINESS)", show_default=False)] = None,
     default_max_batch_size: Annotated[Optional[int], _opt("max_batch_size for config-less ONNX models (default 4).", "DEFAULT_MAX_BATCH_SIZE")] = None,
     default_max_queue_size: Annotated[Optional[int], _opt("Queue bound where a config sets none (default 1024).", "DEFAULT_MAX_QUEUE_SIZE")] = None,
     cpu_threads: Annotated[Optional[int], _opt("Cores the runtimes share (default all).", "CPU_THREADS")] = None,
