@@ -32,6 +32,7 @@ lint: install
 
 bench: install
 	$(PY) -m loadtests.bench --out docs/benchmarks.md
+	$(PY) -m loadtests.grpc_vs_http --out docs/benchmarks-grpc.md
 
 clean:
 	rm -rf $(VENV) model_repository
