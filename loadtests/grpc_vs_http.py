@@ -82,7 +82,22 @@ async def _throughput(call: Call, count: int, concurrency: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def measure(grpc_url: str, http_url: str, requests: int, concurrency: int, rounds: int) -> dict:
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds used so far by a process and its children (0 when not known)."""
+    if pid is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    total = 0.0
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+async def measure(
+    grpc_url: str, http_url: str, requests: int, concurrency: int, rounds: int, server_pid: int | None = None
+) -> dict:
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as grpc_aio
     import tritonclient.http as httpclient
@@ -103,19 +118,21 @@ async def measure(grpc_url: str, http_url: str, requests: int, concurrency: int,
             "gRPC": lambda: grpc_client.infer("digits", digits["gRPC"]),
             "HTTP binary": lambda: http_client.infer("digits", digits["HTTP binary"], outputs=h_digits_out),
         }
-        samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in tiny}
+        samples: dict[str, list[tuple[float, ...]]] = {name: [] for name in tiny}
         for _ in range(rounds):
             for name in tiny:
                 p50, p99 = await _latency(tiny[name], max(200, requests // 4))
+                cpu_before = process_cpu_s(server_pid)
                 rps = await _throughput(cnn[name], requests, concurrency)
-                samples[name].append((p50, p99, rps))
+                cpu_ms = (process_cpu_s(server_pid) - cpu_before) * 1e3 / (requests + concurrency)
+                samples[name].append((p50, p99, rps, cpu_ms))
     finally:
         await grpc_client.close()
         await http_client.close()
     results = {}
     for name, runs in samples.items():
-        p50, p99, rps = (statistics.median(column) for column in zip(*runs, strict=True))
-        results[name] = {"p50_ms": p50, "p99_ms": p99, "rps": rps}
+        p50, p99, rps, cpu_ms = (statistics.median(column) for column in zip(*runs, strict=True))
+        results[name] = {"p50_ms": p50, "p99_ms": p99, "rps": rps, "server_cpu_ms": cpu_ms}
     return results
 
 
@@ -134,16 +151,21 @@ def report(results: dict, args: argparse.Namespace) -> str:
         f"* Clients: `tritonclient.grpc.aio` and `tritonclient.http.aio` (binary tensors), {args.rounds} "
         "alternating rounds, medians.",
         "",
-        f"| protocol | tiny `simple`, c=1: p50 (ms) | p99 (ms) | default CNN `digits`, c={args.concurrency}: req/s |",
-        "|---|---:|---:|---:|",
+        f"| protocol | tiny `simple`, c=1: p50 (ms) | p99 (ms) | default CNN `digits`, c={args.concurrency}: req/s "
+        "| server CPU ms per request |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:.0f} |")
+        cpu = f"{r['server_cpu_ms']:.3f}" if r["server_cpu_ms"] else "n/a"
+        lines.append(f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:.0f} | {cpu} |")
     lines += [
         "",
         f"* gRPC / HTTP throughput on `digits` at {args.concurrency} clients: **{g['rps'] / h['rps']:.2f}x** (bar: >= 1)",
         f"* gRPC - HTTP p50 at one client on `simple`: **{g['p50_ms'] - h['p50_ms']:+.3f} ms** (bar: <= 0)",
     ]
+    findings = Path(__file__).with_name("grpc_findings.md")
+    if findings.exists():
+        lines += ["", findings.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
-        grpc_url, http_url = args.grpc_url, args.http_url
+        grpc_url, http_url, pid = args.grpc_url, args.http_url, None
         if not (grpc_url and http_url):
             sys.path.insert(0, str(ROOT))
             from export.default_repository import build_default_repository
@@ -168,8 +190,8 @@ def main() -> None:
             build_default_repository(repo)
             env = {"DEEPSERVE_GRPC_MAX_MESSAGE_BYTES": str(64 * 1024 * 1024)}
             server = stack.enter_context(fx.running_server(repo, extra_env=env))
-            grpc_url, http_url = server.grpc_url, server.http_url
-        results = asyncio.run(measure(grpc_url, http_url, args.requests, args.concurrency, args.rounds))
+            grpc_url, http_url, pid = server.grpc_url, server.http_url, server.pid
+        results = asyncio.run(measure(grpc_url, http_url, args.requests, args.concurrency, args.rounds, pid))
     text = report(results, args)
     print(text)
     if args.out:
