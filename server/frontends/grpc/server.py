@@ -23,7 +23,6 @@ from server.service import InferenceService
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # inference.GRPCInferenceService
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SHUTDOWN_GRACE_S = 5.0
 HEALTH_REFRESH_S = 1.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -76,9 +75,7 @@ class GrpcServer:
 
 def server_options(settings) -> list[tuple[str, int]]:
     """Channel arguments; an oversized message is refused with RESOURCE_EXHAUSTED by gRPC itself."""
-    limit = getattr(settings, "grpc_max_message_bytes", None) or getattr(
-        settings, "max_request_bytes", DEFAULT_MAX_MESSAGE_BYTES
-    )
+    limit = settings.grpc_max_message_bytes or settings.max_request_bytes
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
