@@ -10,7 +10,6 @@ import struct
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 from tests.integration import server_fixtures as fx

@@ -72,7 +72,7 @@ def test_classification_extension_returns_top_k_with_labels(client, digits):
     x, y = digits
     result = digits_infer(client, x[:4], class_count=3).as_numpy("logits")
     assert result.shape == (4, 3)
-    for row, label in zip(result, y[:4]):
+    for row, label in zip(result, y[:4], strict=True):
         value, index, name = row[0].decode().split(":")
         assert int(index) == label and name == str(label) and float(value) > float(row[1].decode().split(":")[0])
 

@@ -54,7 +54,7 @@ async def test_concurrent_requests_are_batched_and_split_back():
     batcher = await started(batching(max_queue_delay_us=20_000), runtime)
     rows = [np.full((n, 3), i, np.float32) for i, n in enumerate([1, 2, 3, 4])]
     results = await asyncio.gather(*(batcher.submit({"x": x}, x.shape[0]) for x in rows))
-    for x, out in zip(rows, results):
+    for x, out in zip(rows, results, strict=True):
         np.testing.assert_array_equal(out["y"], x * 2)
         np.testing.assert_array_equal(out["row_sum"], x.sum(axis=1))
     assert sum(runtime.batches) == 10 and len(runtime.batches) < 4
