@@ -44,6 +44,15 @@ def add_broken_model(repo: Path) -> None:
     )
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[fx.ServerHandle]:
+    """A server of the tiny models only, one per test module (their statistics stay apart)."""
+    repo = fx.build_repository(tmp_path_factory.mktemp("tiny-repo"))
+    with fx.running_server(repo) as handle:
+        yield handle
+        assert "Traceback" not in handle.log(), handle.log()
+
+
 @pytest.fixture(scope="session")
 def http_server(tmp_path_factory) -> Iterator[fx.ServerHandle]:
     repo = build_http_repository(tmp_path_factory.mktemp("repo"))

@@ -4,7 +4,6 @@ errors interleaved, and cancellation (a cancelled or expired call never runs its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,17 +11,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from tests.integration import server_fixtures as fx
-
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[fx.ServerHandle]:
-    repo = fx.build_repository(tmp_path_factory.mktemp("grpc-aio-repo"))
-    with fx.running_server(repo) as handle:
-        yield handle
-        assert "Traceback" not in handle.log(), handle.log()
 
 
 def simple_inputs(a: np.ndarray, b: np.ndarray) -> list[InferInput]:

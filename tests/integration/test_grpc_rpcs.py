@@ -23,14 +23,6 @@ from tests.integration import server_fixtures as fx
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[fx.ServerHandle]:
-    repo = fx.build_repository(tmp_path_factory.mktemp("grpc-rpcs-repo"))
-    with fx.running_server(repo) as handle:
-        yield handle
-        assert "Traceback" not in handle.log(), handle.log()
-
-
 @pytest.fixture
 def client(server) -> Iterator[grpcclient.InferenceServerClient]:
     c = grpcclient.InferenceServerClient(server.grpc_url)
