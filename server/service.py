@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from server.core.datatypes import datatype_of
 from server.core.errors import DeepserveError, InvalidInput
 from server.core.types import InferenceRequest, InferenceResponse, OutputTensor, TensorSpec
-from server.core.validation import check_request, classify
+from server.core.validation import check_request, check_utf8, classify
 from server.repository.config import ModelConfig, config_from_json
 from server.repository.manager import ModelRepository
 from server.repository.model import LoadedModel
@@ -112,6 +112,7 @@ class InferenceService:
         failure: str | None = "CANCELED"
         try:
             rows = check_request(request, model.input_index, model.outputs, model.max_batch_size)
+            check_utf8(request, model.text_inputs)
             priority, timeout_us = _schedule_parameters(request.parameters)
             outputs = await model.batcher.submit(request.inputs, rows, priority, timeout_us)
             response = self._response(request, model, outputs)

@@ -55,6 +55,17 @@ def check_request(
     return rows if max_batch_size > 0 and rows is not None else 1
 
 
+def check_utf8(request: InferenceRequest, names: frozenset[str]) -> None:
+    """BYTES inputs that the runtime takes as text must be UTF-8; checked before queueing so
+    that one bad request never fails the batch it would have joined."""
+    for name in names & request.inputs.keys():
+        for item in request.inputs[name].reshape(-1):
+            try:
+                item.decode() if isinstance(item, bytes) else None
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input '{name}' holds bytes that are not UTF-8; this model takes text") from None
+
+
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
     ok = len(shape) == len(expected) and all(e == -1 or e == s for s, e in zip(shape, expected, strict=True))
     if not ok:

@@ -47,6 +47,7 @@ class LoadedModel:
     instances: list[Runtime]
     telemetry: ModelTelemetry
     batcher: DynamicBatcher | None = None
+    text_inputs: frozenset[str] = frozenset()  # BYTES inputs the runtime reads as UTF-8 text
     input_index: dict[str, TensorSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -141,7 +142,10 @@ def load_version(
         for runtime in instances:
             runtime.unload()
         raise
-    return LoadedModel(name, version, completed, inputs, outputs, labels, instances, telemetry)
+    model = LoadedModel(name, version, completed, inputs, outputs, labels, instances, telemetry)
+    if kind.backend == "onnxruntime":  # ONNX string tensors are text
+        model.text_inputs = frozenset(s.name for s in inputs if s.datatype == "BYTES")
+    return model
 
 
 def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:

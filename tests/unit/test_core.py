@@ -88,3 +88,14 @@ def test_batch_policy_from_dynamic_batching_block():
     assert policy.default_queue_policy.max_queue_size == 7 and policy.queue_policy(1).max_queue_size == 2
     no_block = batch_policy_from_config(mc.ModelConfig(max_batch_size=8), 1024)
     assert not no_block.batching and no_block.default_queue_policy.max_queue_size == 1024
+
+
+def test_text_inputs_must_be_utf8_before_queueing():
+    from server.core.validation import check_utf8
+
+    good = InferenceRequest("m", {"t": np.array([b"caf\xc3\xa9"], dtype=object)})
+    check_utf8(good, frozenset({"t"}))
+    bad = InferenceRequest("m", {"t": np.array([b"\xff"], dtype=object)})
+    check_utf8(bad, frozenset())  # not a text input: any bytes go
+    with pytest.raises(InvalidInput, match="UTF-8"):
+        check_utf8(bad, frozenset({"t"}))
