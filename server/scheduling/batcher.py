@@ -166,8 +166,15 @@ class DynamicBatcher:
         )
         self._scheduler.add(request)  # raises QueueFull
         future.add_done_callback(self._on_caller_done)
-        # Dispatch from here when an instance is idle: no trip through the loop task.
-        self._schedule_all()
+        if self._idle:
+            # Dispatch from here when an instance is idle: no trip through the loop task.
+            self._schedule_all()
+        else:
+            # Every instance is busy: the next batch completion schedules; only a deadline
+            # needs the loop's timer now.
+            self._observer.pending(len(self._scheduler))
+            if request.deadline_s is not None:
+                self._wake.set()
         return await future
 
     def _on_caller_done(self, future: asyncio.Future) -> None:
