@@ -31,14 +31,15 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from server.scheduling.batcher import BatchTimings
-
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# The `reason` label of deepserve_request_failure_total: the core errors' reasons, and
+# CANCELED for a client that went away.
+FAILURE_REASONS = ("INVALID", "NOT_FOUND", "UNAVAILABLE", "REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 class Metrics:
@@ -76,9 +77,11 @@ class Metrics:
                 metric.remove(name, version)
             except KeyError:
                 pass
-        for labels in list(self.failure._metrics):  # prometheus-client has no prefix removal
-            if labels[:2] == (name, version):
-                self.failure.remove(*labels)
+        for reason in FAILURE_REASONS:
+            try:
+                self.failure.remove(name, version, reason)
+            except KeyError:
+                pass
 
 
 class ModelMetrics:
@@ -94,28 +97,12 @@ class ModelMetrics:
         self.queue_s = m.queue_s.labels(name, version)
         self.compute_s = m.compute_s.labels(name, version)
         self.batch_size = m.batch_size.labels(name, version)
-        self.pending_gauge = m.pending.labels(name, version)
+        self.pending = m.pending.labels(name, version)
         self.inflight = m.inflight.labels(name, version)
         self.load_s = m.load_s.labels(name, version)
 
     def failure(self, reason: str) -> None:
         self._metrics.failure.labels(*self._labels, reason).inc()
-
-    # BatchObserver
-    def pending(self, count: int) -> None:
-        self.pending_gauge.set(count)
-
-    def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None:
-        for queue_s in timings.queue_s:
-            self.queue_s.observe(queue_s)
-        if ok:
-            self.inferences.inc(batch_rows)
-            self.executions.inc()
-            self.compute_s.observe(timings.input_s + timings.infer_s + timings.output_s)
-            self.batch_size.observe(batch_rows)
-
-    def dropped(self, reason: str) -> None:
-        pass  # the request's failure is counted once, where its answer is sent
 
 
 class GpuCollector:

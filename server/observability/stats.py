@@ -6,7 +6,6 @@ it feeds both the Prometheus children and these statistics.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -85,41 +84,41 @@ class ModelStatistics:
 class ModelTelemetry:
     """The observer of one model version: Prometheus children plus Triton statistics.
 
-    Called from the event loop only (the batcher reports after its worker thread is
-    done), but statistics are read by frontends too, so updates hold a lock.
+    Every call comes from the event loop (the batcher reports after its instance thread
+    is done, frontends read on the loop), so nothing here needs a lock.
     """
 
     def __init__(self, metrics: ModelMetrics, name: str, version: str) -> None:
         self.metrics = metrics
         self.stats = ModelStatistics(name, version)
-        self._lock = threading.Lock()
 
     # BatchObserver
     def pending(self, count: int) -> None:
-        self.metrics.pending(count)
-
-    def dropped(self, reason: str) -> None:
-        self.metrics.dropped(reason)
+        self.metrics.pending.set(count)
 
     def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None:
-        self.metrics.batch_done(batch_rows, requests, timings, ok)
+        m, s = self.metrics, self.stats
+        for queue_s in timings.queue_s:
+            m.queue_s.observe(queue_s)
         if not ok:
             return
-        with self._lock:
-            s = self.stats
-            s.inference_count += batch_rows
-            s.execution_count += 1
-            s.last_inference_ms = int(time.time() * 1000)
-            for queue_s in timings.queue_s:
-                s.queue.add(queue_s)
-            # Triton counts compute per request; the batch's time is charged to each.
-            s.compute_input.add(timings.input_s * requests, requests)
-            s.compute_infer.add(timings.infer_s * requests, requests)
-            s.compute_output.add(timings.output_s * requests, requests)
-            stat = s.batches.setdefault(batch_rows, BatchStat())
-            stat.compute_input.add(timings.input_s)
-            stat.compute_infer.add(timings.infer_s)
-            stat.compute_output.add(timings.output_s)
+        m.inferences.inc(batch_rows)
+        m.executions.inc()
+        m.compute_s.observe(timings.input_s + timings.infer_s + timings.output_s)
+        m.batch_size.observe(batch_rows)
+        s.inference_count += batch_rows
+        s.execution_count += 1
+        s.last_inference_ms = int(time.time() * 1000)
+        for queue_s in timings.queue_s:
+            s.queue.add(queue_s)
+        # Triton counts compute per request; the batch's time is charged to each.
+        s.compute_input.add(timings.input_s * requests, requests)
+        s.compute_infer.add(timings.infer_s * requests, requests)
+        s.compute_output.add(timings.output_s * requests, requests)
+        stat = s.batches.setdefault(batch_rows, BatchStat())
+        stat.compute_input.add(timings.input_s)
+        stat.compute_infer.add(timings.infer_s)
+        stat.compute_output.add(timings.output_s)
 
     # the service's side
     def request_started(self) -> None:
@@ -132,9 +131,7 @@ class ModelTelemetry:
             self.metrics.request_s.observe(duration_s)
         else:
             self.metrics.failure(failure_reason)
-        with self._lock:
-            (self.stats.success if failure_reason is None else self.stats.fail).add(duration_s)
+        (self.stats.success if failure_reason is None else self.stats.fail).add(duration_s)
 
     def snapshot(self) -> dict:
-        with self._lock:
-            return self.stats.as_json()
+        return self.stats.as_json()

@@ -47,17 +47,12 @@ class BatchObserver(Protocol):
 
     def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None: ...
 
-    def dropped(self, reason: str) -> None: ...
-
 
 class NullObserver:
     def pending(self, count: int) -> None:
         pass
 
     def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None:
-        pass
-
-    def dropped(self, reason: str) -> None:
         pass
 
 
@@ -205,11 +200,10 @@ class DynamicBatcher:
         """
         while True:
             plan = self._scheduler.schedule(self._clock(), can_dispatch=bool(self._idle))
+            # Expired requests get their one answer here; cancelled ones were answered by
+            # their caller. Either failure is counted once, where the answer is sent.
             for request in plan.expired:
                 _settle(request, error=Timeout("the request timed out in the queue before it could run"))
-                self._observer.dropped("REJECTED")
-            for _ in plan.cancelled:
-                self._observer.dropped("CANCELED")
             if plan.batch is None:
                 self._observer.pending(len(self._scheduler))
                 if not from_loop and (plan.wake_at_s is not None or self._closing):
@@ -225,12 +219,12 @@ class DynamicBatcher:
         seq = self._started_seq
         self._started_seq += 1
         self._running += 1
-        loop, policy = self._loop, self.policy
+        loop = self._loop
 
         def job() -> None:  # on the instance's thread
             results, timings, error = None, (0.0, 0.0, 0.0), None
             try:
-                results, timings = _run_batch(worker.runtime, batch, policy)
+                results, timings = _run_batch(worker.runtime, batch)
             except DeepserveError as exc:
                 error = exc
             except Exception as exc:  # a runtime bug must still answer every caller
@@ -273,14 +267,14 @@ def _settle(request: QueuedRequest, outputs: Outputs | None = None, error: Excep
         future.set_result(outputs)
 
 
-def _run_batch(instance: Runtime, batch: Batch, policy: BatchPolicy) -> tuple[list[Outputs], tuple[float, float, float]]:
+def _run_batch(instance: Runtime, batch: Batch) -> tuple[list[Outputs], tuple[float, float, float]]:
     """Worker thread: assemble rows, execute, split rows back (the timings of each phase)."""
     t0 = time.perf_counter()
     inputs = assemble(batch)
     t1 = time.perf_counter()
     outputs = instance.execute(inputs)
     t2 = time.perf_counter()
-    results = split(batch, outputs) if policy.batching else [outputs]
+    results = split(batch, outputs)
     t3 = time.perf_counter()
     return results, (t1 - t0, t2 - t1, t3 - t2)
 
