@@ -11,6 +11,13 @@ from server.core.errors import InvalidInput
 from server.core.types import InferenceRequest, TensorSpec
 
 
+def check_version(version: str) -> str:
+    """A model version as given on the wire: empty (the latest) or a number, as in Triton."""
+    if version and not version.isdigit():
+        raise InvalidInput(f"model version must be a number, got '{version}'")
+    return version
+
+
 def check_request(
     request: InferenceRequest,
     inputs: Mapping[str, TensorSpec],

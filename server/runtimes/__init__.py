@@ -37,13 +37,5 @@ def kind_for(platform: str, backend: str) -> RuntimeKind:
     raise InvalidInput(f"unsupported backend/platform '{wanted}'; deepserve runs: {names}")
 
 
-def kind_for_file(filename: str) -> RuntimeKind | None:
-    """Guess the runtime from a model file name (used when the config names none)."""
-    for kind in KINDS:
-        if filename.endswith(kind.default_filename.rsplit(".", 1)[-1]):
-            return kind
-    return None
-
-
 def create(kind: RuntimeKind) -> Runtime:
     return importlib.import_module(kind.module).create()

@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from server.core import datatypes as dt
 from server.core.errors import InvalidInput, Unsupported
 from server.core.types import InferenceRequest, InferenceResponse, RequestedOutput, TensorSpec
+from server.core.validation import check_version
 
 # Reserved request parameter: the client wants an (empty) response flagged final on streams.
 ENABLE_EMPTY_FINAL = "triton_enable_empty_final_response"
@@ -83,9 +84,7 @@ def set_parameters(target: Mapping[str, pb.InferParameter], values: Mapping[str,
 
 def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
     """Decode a ``ModelInferRequest``; raises ``InvalidInput`` for anything malformed."""
-    version = message.model_version
-    if version and not version.isdigit():
-        raise InvalidInput(f"model version must be a number, got '{version}'")
+    version = check_version(message.model_version)
     if not message.inputs:
         raise InvalidInput("the request has no inputs")
     raw = message.raw_input_contents

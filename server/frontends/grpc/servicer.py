@@ -18,8 +18,9 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from server.core.errors import DeepserveError, InvalidInput, Unavailable, Unsupported
+from server.core.errors import DeepserveError, Unavailable, Unsupported
 from server.core.types import InferenceRequest, InferenceResponse
+from server.core.validation import check_version
 from server.frontends.grpc import codec
 from server.frontends.grpc.errors import status_for
 from server.service import InferenceService
@@ -47,12 +48,6 @@ def _rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
             await context.abort(code, details)
 
     return wrapper
-
-
-def _version(version: str) -> str:
-    if version and not version.isdigit():
-        raise InvalidInput(f"model version must be a number, got '{version}'")
-    return version
 
 
 def _unsupported(what: str) -> Unsupported:
@@ -91,16 +86,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
-        m = self._service.model_metadata(request.name, _version(request.version))
+        m = self._service.model_metadata(request.name, check_version(request.version))
         return codec.metadata_response(m.name, m.versions, m.platform, m.inputs, m.outputs)
 
     @_rpc
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
-        return pb.ModelConfigResponse(config=self._service.model_config(request.name, _version(request.version)))
+        return pb.ModelConfigResponse(config=self._service.model_config(request.name, check_version(request.version)))
 
     @_rpc
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
-        return codec.statistics_response(self._service.statistics(request.name, _version(request.version)))
+        return codec.statistics_response(self._service.statistics(request.name, check_version(request.version)))
 
     # -- repository ------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from server.core.errors import DeepserveError, InvalidInput, Unavailable
+from server.core.validation import check_version
 from server.frontends.http import codec
 from server.frontends.http.body import compress, read_body
 from server.frontends.http.errors import error_parts
@@ -63,8 +64,7 @@ class InferRoute:
         await _send(send, status, [(b"content-type", media), *((k.encode(), v.encode()) for k, v in extra.items())], body)
 
     async def _infer(self, receive, headers: dict[str, str], model: str, version: str) -> tuple[dict[str, str], bytes]:
-        if version and not version.isdigit():
-            raise InvalidInput(f"model version must be a number, got '{version}'")
+        check_version(version)
         body = await read_body(receive, headers, self.limit)
         header = headers.get(codec.HEADER)
         if header is not None and not header.strip().isdigit():

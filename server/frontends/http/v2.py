@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.core.errors import InvalidInput
+from server.core.validation import check_version
 from server.frontends.http.responses import json_response
 from server.repository.config import config_to_json
 from server.service import InferenceService
@@ -18,12 +18,6 @@ router = APIRouter()
 
 def _service(request: Request) -> InferenceService:
     return request.app.state.service
-
-
-def _version(version: str) -> str:
-    if version and not version.isdigit():
-        raise InvalidInput(f"model version must be a number, got '{version}'")
-    return version
 
 
 # -- health -------------------------------------------------------------------------
@@ -50,7 +44,7 @@ async def server_metadata(request: Request) -> Response:
 
 
 async def statistics(request: Request, model: str = "", version: str = "") -> Response:
-    stats = _service(request).statistics(model, _version(version))
+    stats = _service(request).statistics(model, check_version(version))
     return json_response({"model_stats": stats})
 
 
@@ -63,13 +57,13 @@ router.add_api_route("/v2/models/{model}/versions/{version}/stats", statistics, 
 
 
 async def model_ready(request: Request, model: str, version: str = "") -> Response:
-    if _service(request).model_ready(model, _version(version)):
+    if _service(request).model_ready(model, check_version(version)):
         return json_response({"name": model, "ready": True})
     return json_response({"error": f"model '{model}' version '{version or 'latest'}' is not ready"}, status_code=400)
 
 
 async def model_metadata(request: Request, model: str, version: str = "") -> Response:
-    meta = _service(request).model_metadata(model, _version(version))
+    meta = _service(request).model_metadata(model, check_version(version))
 
     def tensors(specs):
         return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
@@ -84,7 +78,7 @@ async def model_metadata(request: Request, model: str, version: str = "") -> Res
 
 
 async def model_config(request: Request, model: str, version: str = "") -> Response:
-    return json_response(config_to_json(_service(request).model_config(model, _version(version))))
+    return json_response(config_to_json(_service(request).model_config(model, check_version(version))))
 
 
 for suffix, endpoint, methods in (
