@@ -5,6 +5,7 @@ BYTES tensors are numpy ``object`` arrays whose elements are ``bytes``.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -106,6 +107,21 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int | None = None) -> n
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
+
+
+def tensor_from_bytes(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """Wrap one tensor's raw payload (binary extension or gRPC raw contents) without copying;
+    the payload must hold exactly what ``shape`` of ``datatype`` needs."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        try:
+            return deserialize_bytes(raw, count).reshape(shape)
+        except InvalidInput as exc:
+            raise InvalidInput(f"input '{name}': {exc.message}") from None
+    expected = count * element_size(datatype)
+    if len(raw) != expected:
+        raise InvalidInput(f"input '{name}' has {len(raw)} bytes of data; shape {shape} of {datatype} needs {expected}")
+    return np.frombuffer(raw, dtype=numpy_dtype(datatype)).reshape(shape)
 
 
 def bytes_from_json(values: list) -> np.ndarray:

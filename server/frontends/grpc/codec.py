@@ -69,7 +69,7 @@ def set_parameters(target: Mapping[str, pb.InferParameter], values: Mapping[str,
         if isinstance(value, bool | np.bool_):
             param.bool_param = bool(value)
         elif isinstance(value, int | np.integer):
-            if value < 0 or value < 2**63:
+            if value < 2**63:
                 param.int64_param = int(value)
             else:
                 param.uint64_param = int(value)
@@ -104,7 +104,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
                 raise InvalidInput(
                     f"input '{tensor.name}' has typed contents while the request uses raw_input_contents; use one or the other"
                 )
-            array = _from_raw(tensor, raw[index])
+            array = dt.tensor_from_bytes(tensor.name, tensor.datatype, _check_tensor(tensor)[0], raw[index])
         else:
             array = _from_contents(tensor)
         inputs[tensor.name], datatypes[tensor.name] = array, tensor.datatype
@@ -130,21 +130,6 @@ def _check_tensor(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[list[i
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{tensor.name}' has shape {shape}; dimensions must be non-negative")
     return shape, math.prod(shape)
-
-
-def _from_raw(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> np.ndarray:
-    shape, count = _check_tensor(tensor)
-    if tensor.datatype == "BYTES":
-        try:
-            return dt.deserialize_bytes(raw, count).reshape(shape)
-        except InvalidInput as exc:
-            raise InvalidInput(f"input '{tensor.name}': {exc.message}") from None
-    expected = count * dt.element_size(tensor.datatype)
-    if len(raw) != expected:
-        raise InvalidInput(
-            f"input '{tensor.name}' has {len(raw)} bytes of raw data; shape {shape} of {tensor.datatype} needs {expected}"
-        )
-    return np.frombuffer(raw, dtype=dt.numpy_dtype(tensor.datatype)).reshape(shape)
 
 
 def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:

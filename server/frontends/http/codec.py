@@ -121,22 +121,11 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[str, np.n
             raise InvalidInput(
                 f"input '{name}' claims {size} bytes of binary data but only {len(binary) - offset} remain in the body"
             )
-        array = _from_binary(name, datatype, shape, count, binary[offset : offset + size])
+        array = dt.tensor_from_bytes(name, datatype, shape, binary[offset : offset + size])
         return name, array, offset + size
     if "data" not in item:
         raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
     return name, _from_json(name, datatype, shape, count, item["data"]), offset
-
-
-def _from_binary(name: str, datatype: str, shape: list[int], count: int, raw: memoryview) -> np.ndarray:
-    if datatype == "BYTES":
-        return dt.deserialize_bytes(raw, count).reshape(shape)
-    expected = count * dt.element_size(datatype)
-    if len(raw) != expected:
-        raise InvalidInput(
-            f"input '{name}' has {len(raw)} bytes of binary data; shape {shape} of {datatype} needs {expected}"
-        )
-    return np.frombuffer(raw, dtype=dt.numpy_dtype(datatype)).reshape(shape)
 
 
 _KINDS = {"b": "BOOL", "i": "int", "u": "int", "f": "float"}
