@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from loadtests.grpc_vs_http import _throughput, process_cpu_s
+from loadtests.grpc_vs_http import _throughput
+from loadtests.procs import free_port, tree_cpu_s
 
 REQUESTS, CONCURRENCY = 4000, 64
 
@@ -65,17 +66,15 @@ async def load(port: int) -> float:
 
 
 def main() -> None:
-    from tests.integration.server_fixtures import free_port
-
     print(f"do-nothing grpc.aio servicer, {CONCURRENCY} clients, {os.cpu_count()} cores, client on the same cores")
     for use_uvloop in (True, False):
         port = free_port()
         server = multiprocessing.Process(target=serve, args=(port, use_uvloop), daemon=True)
         server.start()
         time.sleep(2)
-        before = process_cpu_s(server.pid)
+        before = tree_cpu_s(server.pid)
         rps = asyncio.run(load(port))
-        cpu_ms = (process_cpu_s(server.pid) - before) * 1e3 / (REQUESTS + CONCURRENCY)
+        cpu_ms = (tree_cpu_s(server.pid) - before) * 1e3 / (REQUESTS + CONCURRENCY)
         print(f"  {'uvloop' if use_uvloop else 'asyncio'}: {rps:.0f} req/s, server CPU {cpu_ms:.3f} ms per request")
         server.terminate()
         server.join()

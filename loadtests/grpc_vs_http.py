@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtests.procs import tree_cpu_s
+
 ROOT = Path(__file__).resolve().parents[1]
 Call = Callable[[], Awaitable]
 
@@ -82,19 +84,6 @@ async def _throughput(call: Call, count: int, concurrency: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def process_cpu_s(pid: int | None) -> float:
-    """CPU seconds used so far by a process and its children (0 when not known)."""
-    if pid is None:
-        return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
-    total = 0.0
-    for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
-
-
 async def measure(
     grpc_url: str, http_url: str, requests: int, concurrency: int, rounds: int, server_pid: int | None = None
 ) -> dict:
@@ -122,9 +111,10 @@ async def measure(
         for _ in range(rounds):
             for name in tiny:
                 p50, p99 = await _latency(tiny[name], max(200, requests // 4))
-                cpu_before = process_cpu_s(server_pid)
+                cpu_before = tree_cpu_s(server_pid) if server_pid else 0.0
                 rps = await _throughput(cnn[name], requests, concurrency)
-                cpu_ms = (process_cpu_s(server_pid) - cpu_before) * 1e3 / (requests + concurrency)
+                cpu_after = tree_cpu_s(server_pid) if server_pid else 0.0
+                cpu_ms = (cpu_after - cpu_before) * 1e3 / (requests + concurrency)
                 samples[name].append((p50, p99, rps, cpu_ms))
     finally:
         await grpc_client.close()

@@ -65,7 +65,7 @@ class ServerProcess:
 
     def cpu_s(self) -> float:
         """CPU seconds used so far by the server and every process it forked."""
-        return sum(_proc_cpu_s(pid) for pid in _tree(self.pid))
+        return tree_cpu_s(self.pid)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -86,6 +86,11 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by a process and every process it forked."""
+    return sum(_proc_cpu_s(pid) for pid in _tree(root))
 
 
 def _proc_cpu_s(pid: int) -> float:
