@@ -9,7 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-TARGETS = {"efficiency": 0.8, "overhead_ms": 0.5, "fastapi_ratio": 1.5}
+# The performance issue's targets; the README's summary (loadtests.readme_summary) reads them here too.
+TARGETS = {"efficiency": 0.8, "overhead_ms": 0.5, "fastapi_ratio": 1.5, "grpc_http_ratio": 0.9}
 
 
 class Figures:
@@ -47,21 +48,46 @@ def _rps(p: dict | None) -> float | None:
     return None if p is None else p["rps"]
 
 
+def headline(fig: Figures) -> dict:
+    """The summary's figures and the points they come from; ``loadtests.readme_summary`` uses the same."""
+    h: dict = {"best": max(fig.inprocess("resnet_bench"), key=lambda p: p["rows_per_s"], default=None),
+               "ds64": fig.get("deepserve", "resnet_bench", "v2-binary", 64),
+               "ds64_i2": fig.get("deepserve", "resnet_bench_i2", "v2-binary", 64),
+               "mlp_inproc": next((p for p in fig.inprocess("mlp_tiny") if p["batch"] == 1), None),
+               "c1_nb": fig.get("deepserve", "mlp_tiny_nobatch", "v2-binary", 1),
+               "c1_b": fig.get("deepserve", "mlp_tiny", "v2-binary", 1),
+               "ds32": fig.get("deepserve", "mlp_tiny", "v2-binary", 32),
+               "fa_json": fig.get("fastapi-naive", "mlp_tiny", "json-list", 32),
+               "fa_raw": fig.get("fastapi-naive", "mlp_tiny", "raw-bytes", 32)}
+    best_rows = h["best"] and h["best"]["rows_per_s"]
+    h["eff"] = _ratio(_rps(h["ds64"]), best_rows)
+    h["eff_i2"] = _ratio(_rps(h["ds64_i2"]), best_rows)
+    for key, point in (("over_nb", h["c1_nb"]), ("over_b", h["c1_b"])):
+        h[key] = (None if point is None or h["mlp_inproc"] is None
+                  else round(point["p50_ms"] - h["mlp_inproc"]["p50_ms"], 3))
+    h["r_json"] = _ratio(_rps(h["ds32"]), _rps(h["fa_json"]))
+    h["r_raw"] = _ratio(_rps(h["ds32"]), _rps(h["fa_raw"]))
+    return h
+
+
+def batching_ratio(fig: Figures, model: str, concurrency: int) -> float | None:
+    """deepserve req/s with dynamic batching over the ``_nobatch`` twin's, at one load point."""
+    return _ratio(_rps(fig.get("deepserve", model, "v2-binary", concurrency)),
+                  _rps(fig.get("deepserve", f"{model}_nobatch", "v2-binary", concurrency)))
+
+
+def litserve_ratio(fig: Figures, model: str, concurrency: int) -> float | None:
+    """deepserve (v2-binary) req/s over LitServe's best body format, at one load point."""
+    lit = (_rps(fig.get("litserve", model, fmt, concurrency)) for fmt in ("json-list", "json-b64"))
+    best = max((x for x in lit if x is not None), default=None)
+    return _ratio(_rps(fig.get("deepserve", model, "v2-binary", concurrency)), best)
+
+
 def summary(fig: Figures) -> tuple[list[str], dict]:
-    best = max(fig.inprocess("resnet_bench"), key=lambda p: p["rows_per_s"], default=None)
-    ds64 = fig.get("deepserve", "resnet_bench", "v2-binary", 64)
-    ds64_i2 = fig.get("deepserve", "resnet_bench_i2", "v2-binary", 64)
-    eff = _ratio(_rps(ds64), best and best["rows_per_s"])
-    eff_i2 = _ratio(_rps(ds64_i2), best and best["rows_per_s"])
-    mlp_inproc = next((p for p in fig.inprocess("mlp_tiny") if p["batch"] == 1), None)
-    c1_nb = fig.get("deepserve", "mlp_tiny_nobatch", "v2-binary", 1)
-    c1_b = fig.get("deepserve", "mlp_tiny", "v2-binary", 1)
-    over_nb = None if c1_nb is None or mlp_inproc is None else round(c1_nb["p50_ms"] - mlp_inproc["p50_ms"], 3)
-    over_b = None if c1_b is None or mlp_inproc is None else round(c1_b["p50_ms"] - mlp_inproc["p50_ms"], 3)
-    ds32 = fig.get("deepserve", "mlp_tiny", "v2-binary", 32)
-    fa_json = fig.get("fastapi-naive", "mlp_tiny", "json-list", 32)
-    fa_raw = fig.get("fastapi-naive", "mlp_tiny", "raw-bytes", 32)
-    r_json, r_raw = _ratio(_rps(ds32), _rps(fa_json)), _ratio(_rps(ds32), _rps(fa_raw))
+    h = headline(fig)
+    best, ds64, ds64_i2, mlp_inproc = h["best"], h["ds64"], h["ds64_i2"], h["mlp_inproc"]
+    c1_nb, c1_b, ds32, fa_json, fa_raw = h["c1_nb"], h["c1_b"], h["ds32"], h["fa_json"], h["fa_raw"]
+    eff, eff_i2, over_nb, over_b, r_json, r_raw = (h[k] for k in ("eff", "eff_i2", "over_nb", "over_b", "r_json", "r_raw"))
     rows = [
         "| # | figure | measured | raw numbers | target | |",
         "|---|---|---:|---|---|---|",
@@ -141,7 +167,7 @@ def section_batching(fig: Figures) -> list[str]:
             on = fig.get("deepserve", model, "v2-binary", c)
             off = fig.get("deepserve", f"{model}_nobatch", "v2-binary", c)
             out.append(f"| `{model}` | {c} | {_point_cells(on)} | {_point_cells(off)} | "
-                       f"{_f(_ratio(_rps(on), _rps(off)), 2)} |")
+                       f"{_f(batching_ratio(fig, model, c), 2)} |")
     out.append("")
     out.append("Latencies in ms. deepserve over the binary tensor extension, one request = one row.")
     return out
@@ -156,9 +182,8 @@ def section_peer(fig: Figures) -> list[str]:
             ds = fig.get("deepserve", model, "v2-binary", c)
             lj = fig.get("litserve", model, "json-list", c)
             lb = fig.get("litserve", model, "json-b64", c)
-            best = max((x for x in (_rps(lj), _rps(lb)) if x is not None), default=None)
             out.append(f"| `{model}` | {c} | {_point_cells(ds)} | {_point_cells(lj)} | {_point_cells(lb)} | "
-                       f"{_x(_ratio(_rps(ds), best))} |")
+                       f"{_x(litserve_ratio(fig, model, c))} |")
     failed = [p for p in fig.data["points"] if p["server"] == "litserve" and "failed" in p]
     if failed:
         out.append("")

@@ -1,21 +1,23 @@
 """The in-process interface every frontend calls (HTTP, gRPC, task routes, tests).
 
-Frontends decode wire formats into ``InferenceRequest`` and call :meth:`infer`; they
-never touch the repository's internals, the batcher or a runtime.
+Frontends decode wire formats into ``InferenceRequest`` and call :meth:`infer` (one
+response) or :meth:`infer_stream` (every response of a decoupled model; a stream of one
+otherwise); they never touch the repository's internals, a scheduler or a runtime.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from server.core.datatypes import datatype_of
 from server.core.errors import DeepserveError, InvalidInput
 from server.core.types import InferenceRequest, InferenceResponse, OutputTensor, TensorSpec
-from server.core.validation import check_request, check_utf8, classify
+from server.core.validation import classify
 from server.repository.config import ModelConfig, config_from_json
+from server.repository.loaded import LoadedModel
 from server.repository.manager import ModelRepository
-from server.repository.model import LoadedModel
 
 SERVER_NAME = "deepserve"
 EXTENSIONS = (
@@ -37,6 +39,7 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    decoupled: bool = False  # answers 0..n responses per request: stream it
 
 
 class InferenceService:
@@ -65,15 +68,12 @@ class InferenceService:
     def server_metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
 
-    def model(self, name: str, version: str = "") -> LoadedModel:
-        return self.repository.get(name, version)
-
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self.repository.get(name, version)
         versions = (model.version,) if version else tuple(
             m.version for m in self.repository.models() if m.name == name
         )
-        return ModelMetadata(name, versions, model.config.platform, model.inputs, model.outputs)
+        return ModelMetadata(name, versions, model.platform, model.inputs, model.outputs, model.decoupled)
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
         return self.repository.get(name, version).config
@@ -98,40 +98,37 @@ class InferenceService:
         config = config_from_json(config_json) if config_json else None
         await self.repository.load(name, config, files)
 
-    async def unload_model(self, name: str) -> None:
-        await self.repository.unload(name)
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        await self.repository.unload(name, unload_dependents)
 
     # -- inference -------------------------------------------------------------------
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Validate, queue, run, and shape the response (requested outputs, classification)."""
+        """Validate, queue, run, and shape the one response (requested outputs, classification)."""
         model = self.repository.get(request.model_name, request.model_version)
-        telemetry = model.telemetry
-        started = time.perf_counter()
-        telemetry.request_started()
-        failure: str | None = "CANCELED"
-        try:
-            rows = check_request(request, model.input_index, model.outputs, model.max_batch_size)
-            check_utf8(request, model.text_inputs)
-            priority, timeout_us = _schedule_parameters(request.parameters)
-            outputs = await model.batcher.submit(request.inputs, rows, priority, timeout_us)
-            response = self._response(request, model, outputs)
-            failure = None
-            return response
-        except DeepserveError as exc:
-            failure = exc.reason
-            raise
-        except Exception:
-            failure = "OTHER"
-            raise
-        finally:
-            telemetry.request_finished(time.perf_counter() - started, failure)
+        if model.decoupled:
+            raise InvalidInput(
+                f"model '{model.name}' is decoupled (it may send several responses per request): use gRPC "
+                "ModelStreamInfer or HTTP POST .../generate_stream instead of infer"
+            )
+        outputs = await model.infer(request)
+        return self._response(request, model, outputs)
+
+    async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """Every response of the request as it is produced. Closing the iterator early
+        stops the model's producer and frees its slot."""
+        model = self.repository.get(request.model_name, request.model_version)
+        async with aclosing(model.stream(request)) as responses:
+            async for outputs in responses:
+                yield self._response(request, model, outputs)
 
     def _response(self, request: InferenceRequest, model: LoadedModel, outputs: dict) -> InferenceResponse:
         specs = {spec.name: spec for spec in model.outputs}
         tensors: list[OutputTensor] = []
         for requested in request.outputs:
-            array = outputs[requested.name]
+            array = outputs.get(requested.name)
+            if array is None:  # a decoupled model may send a response without it
+                continue
             if requested.class_count:
                 array = classify(array, requested.class_count, model.labels.get(requested.name), model.max_batch_size > 0)
                 tensors.append(OutputTensor(requested.name, "BYTES", array, requested.binary))
@@ -139,7 +136,9 @@ class InferenceService:
                 tensors.append(OutputTensor(requested.name, _datatype(specs[requested.name], array), array, requested.binary))
         if not request.outputs:
             for spec in model.outputs:
-                array = outputs[spec.name]
+                array = outputs.get(spec.name)
+                if array is None:
+                    continue
                 tensors.append(OutputTensor(spec.name, _datatype(spec, array), array))
         return InferenceResponse(model.name, model.version, tensors, request.id)
 
@@ -147,12 +146,3 @@ class InferenceService:
 def _datatype(spec: TensorSpec, array) -> str:
     # BF16 travels as uint16 words; otherwise trust the array the runtime returned.
     return spec.datatype if spec.datatype in ("BF16", "BYTES") else datatype_of(array)
-
-
-def _schedule_parameters(parameters: dict) -> tuple[int | None, int | None]:
-    """The reserved request parameters ``priority`` and ``timeout`` (µs)."""
-    priority, timeout = parameters.get("priority"), parameters.get("timeout")
-    for key, value in (("priority", priority), ("timeout", timeout)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise InvalidInput(f"request parameter '{key}' must be a non-negative integer")
-    return priority, timeout

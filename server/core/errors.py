@@ -7,6 +7,8 @@ No HTTP or gRPC type ever crosses into the layers below the frontends.
 
 from __future__ import annotations
 
+import copy
+
 
 class DeepserveError(Exception):
     """Base class. ``reason`` is the label used on failure metrics."""
@@ -16,6 +18,14 @@ class DeepserveError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def with_prefix(self, prefix: str) -> DeepserveError:
+        """The same kind of error (same status, same retry hint), its message prefixed:
+        how an ensemble names the step that failed."""
+        error = copy.copy(self)
+        error.message = prefix + self.message
+        error.args = (error.message,)
+        return error
 
 
 class InvalidInput(DeepserveError):

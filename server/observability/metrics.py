@@ -17,7 +17,12 @@ deepserve_batch_size                         histogram  rows per execution
 deepserve_pending_requests                   gauge      queued, not yet running
 deepserve_inflight_requests                  gauge      accepted, not yet answered
 deepserve_model_load_duration_seconds        gauge      time the last load took
+deepserve_response_count_total               counter    responses sent by decoupled models
 ===========================================  =========  ==========================================
+
+Per ensemble step (labels ``model``, ``version``, ``step`` = the step's model):
+``deepserve_ensemble_step_duration_seconds`` (histogram), the step's time within the
+ensemble's requests; the step model's own series count the same requests too.
 
 GPU (label ``gpu_uuid``), read through NVML at scrape time when a GPU is present:
 ``deepserve_gpu_utilization_ratio``, ``deepserve_gpu_memory_used_bytes``,
@@ -64,6 +69,12 @@ class Metrics:
         self.pending = Gauge("deepserve_pending_requests", "Requests queued, not yet running", labels, registry=r)
         self.inflight = Gauge("deepserve_inflight_requests", "Requests accepted, not yet answered", labels, registry=r)
         self.load_s = Gauge("deepserve_model_load_duration_seconds", "Time the last load of the model took", labels, registry=r)
+        self.responses = Counter("deepserve_response_count", "Responses sent by decoupled models", labels, registry=r)
+        self.step_s = Histogram(
+            "deepserve_ensemble_step_duration_seconds", "Time of one step within an ensemble request", (*labels, "step"),
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.step_labels: set[tuple[str, str, str]] = set()  # the step series made so far
         self.registry.register(GpuCollector())
 
     def model(self, name: str, version: str) -> ModelMetrics:
@@ -72,7 +83,7 @@ class Metrics:
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's series when it is unloaded."""
         for metric in (self.success, self.inferences, self.executions, self.request_s, self.queue_s,
-                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s):
+                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.responses):
             try:
                 metric.remove(name, version)
             except KeyError:
@@ -82,6 +93,9 @@ class Metrics:
                 self.failure.remove(name, version, reason)
             except KeyError:
                 pass
+        for labels in [k for k in self.step_labels if k[:2] == (name, version)]:
+            self.step_s.remove(*labels)
+            self.step_labels.discard(labels)
 
 
 class ModelMetrics:
@@ -100,6 +114,12 @@ class ModelMetrics:
         self.pending = m.pending.labels(name, version)
         self.inflight = m.inflight.labels(name, version)
         self.load_s = m.load_s.labels(name, version)
+        self.responses = m.responses.labels(name, version)
+
+    def step(self, step: str):
+        labels = (*self._labels, step)
+        self._metrics.step_labels.add(labels)
+        return self._metrics.step_s.labels(*labels)
 
     def failure(self, reason: str) -> None:
         self._metrics.failure.labels(*self._labels, reason).inc()

@@ -6,9 +6,12 @@ it feeds both the Prometheus children and these statistics.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from server.core.errors import DeepserveError
 from server.observability.metrics import ModelMetrics
 from server.scheduling.batcher import BatchTimings
 
@@ -34,6 +37,25 @@ class BatchStat:
 
 
 @dataclass(slots=True)
+class ResponseStat:
+    """Triton's per-response-index statistics of a decoupled model."""
+
+    success: Duration = field(default_factory=Duration)
+    cancel: Duration = field(default_factory=Duration)
+
+    def as_json(self) -> dict:
+        zero = Duration().as_json()
+        return {
+            "compute_infer": self.success.as_json(),
+            "compute_output": zero,
+            "success": self.success.as_json(),
+            "fail": zero,
+            "empty_response": zero,
+            "cancel": self.cancel.as_json(),
+        }
+
+
+@dataclass(slots=True)
 class ModelStatistics:
     name: str
     version: str
@@ -47,6 +69,7 @@ class ModelStatistics:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStat] = field(default_factory=dict)
+    responses: dict[int, ResponseStat] = field(default_factory=dict)  # decoupled: by response index
 
     def as_json(self) -> dict:
         """Triton's ``ModelStatistics`` JSON shape."""
@@ -67,7 +90,7 @@ class ModelStatistics:
                 "cache_hit": zero,
                 "cache_miss": zero,
             },
-            "response_stats": {},
+            "response_stats": {str(i): r.as_json() for i, r in sorted(self.responses.items())},
             "batch_stats": [
                 {
                     "batch_size": size,
@@ -120,7 +143,43 @@ class ModelTelemetry:
         stat.compute_infer.add(timings.infer_s)
         stat.compute_output.add(timings.output_s)
 
+    def response_sent(self, index: int, compute_s: float) -> None:
+        self.metrics.responses.inc()
+        self.stats.responses.setdefault(index, ResponseStat()).success.add(compute_s)
+
+    def stream_cancelled(self, index: int) -> None:
+        self.stats.responses.setdefault(index, ResponseStat()).cancel.add(0.0)
+
+    # EnsembleObserver
+    def step_done(self, step: str, duration_s: float) -> None:
+        self.metrics.step(step).observe(duration_s)
+
+    def ensemble_done(self, rows: int, steps_s: float, ok: bool) -> None:
+        """An ensemble request: its steps' wall time is its compute (Triton sums the
+        composing models' compute into the ensemble's statistics)."""
+        if ok:
+            self.batch_done(rows, 1, BatchTimings((0.0,), 0.0, steps_s, 0.0), ok)
+
     # the service's side
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one request from acceptance to answer; a caller that leaves (a
+        cancelled task, a closed stream) counts as CANCELED."""
+        started = time.perf_counter()
+        self.request_started()
+        failure: str | None = "CANCELED"
+        try:
+            yield
+            failure = None
+        except DeepserveError as exc:
+            failure = exc.reason
+            raise
+        except Exception:
+            failure = "OTHER"
+            raise
+        finally:
+            self.request_finished(time.perf_counter() - started, failure)
+
     def request_started(self) -> None:
         self.metrics.inflight.inc()
 

@@ -3,6 +3,11 @@
 A model whose config or file is broken is UNAVAILABLE with its reason in the index; the
 others keep serving. A reload builds the new versions first and swaps them in only when
 they are ready, so a failed reload leaves the previous versions serving.
+
+Ensembles follow their steps: loading one first loads any step model that is not loaded
+yet; it is READY only while every step model is; unloading a step leaves its ensembles
+UNAVAILABLE with that reason until the step is back. ``unload_dependents`` on an
+ensemble's unload also unloads the step models no other loaded ensemble uses.
 """
 
 from __future__ import annotations
@@ -19,9 +24,15 @@ from server.core.errors import DeepserveError, InvalidInput, ModelNotFound, Unav
 from server.observability.metrics import Metrics
 from server.observability.stats import ModelTelemetry
 from server.repository.config import ModelConfig, read_config
-from server.repository.model import LoadedModel, LoadOptions, load_version, select_versions
-from server.scheduling.batcher import DynamicBatcher
-from server.scheduling.policy import batch_policy_from_config
+from server.repository.loaded import LoadedModel
+from server.repository.model import (
+    LoadOptions,
+    check_wiring,
+    is_ensemble,
+    load_ensemble,
+    load_version,
+    select_versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +63,8 @@ class ModelRepository:
         if not self.root.is_dir():
             raise InvalidInput(f"model repository {self.root} is not a folder")
         for path in sorted(self.root.iterdir()):
-            if path.is_dir() and not path.name.startswith("."):
-                try:
+            if path.is_dir() and not path.name.startswith(".") and path.name not in self._entries:
+                try:  # (an ensemble has loaded its steps already)
                     await self.load(path.name)
                 except DeepserveError as exc:
                     log.error("model %s is UNAVAILABLE: %s", path.name, exc.message)
@@ -71,15 +82,36 @@ class ModelRepository:
         if not entry.versions:
             raise Unavailable(f"model '{name}' is not ready ({entry.state}{': ' + entry.reason if entry.reason else ''})")
         if not version:
-            return entry.versions[max(entry.versions, key=int)]
-        model = entry.versions.get(version)
-        if model is None:
-            raise ModelNotFound(f"model '{name}' has no ready version '{version}'; ready: {sorted(entry.versions, key=int)}")
+            model = entry.versions[max(entry.versions, key=int)]
+        else:
+            model = entry.versions.get(version)
+            if model is None:
+                raise ModelNotFound(f"model '{name}' has no ready version '{version}'; ready: {sorted(entry.versions, key=int)}")
+        if model.steps:
+            reason = self._missing_step(model)
+            if reason:
+                raise Unavailable(f"model '{name}' is not ready: {reason}", retry_after_s=1.0)
         return model
+
+    def _missing_step(self, model: LoadedModel) -> str:
+        """Why an ensemble cannot run now ("" when every step model is ready)."""
+        for step in model.steps:
+            entry = self._entries.get(step)
+            if entry is None or not entry.versions:
+                state = "not loaded" if entry is None else f"{entry.state}: {entry.reason}" if entry.reason else entry.state
+                return f"its step model '{step}' is {state}"
+        return ""
+
+    def _state(self, entry: ModelEntry) -> tuple[str, str]:
+        if entry.versions:
+            latest = entry.versions[max(entry.versions, key=int)]
+            reason = self._missing_step(latest) if latest.steps else ""
+            return (UNAVAILABLE, reason) if reason else (READY, "")
+        return entry.state, entry.reason
 
     def ready(self) -> bool:
         """Server readiness: every model that is meant to be loaded is READY."""
-        return all(entry.state == READY for entry in self._entries.values() if entry.reason != "unloaded")
+        return all(self._state(e)[0] == READY for e in self._entries.values() if e.reason != "unloaded")
 
     def models(self) -> list[LoadedModel]:
         return [m for entry in self._entries.values() for m in entry.versions.values()]
@@ -93,16 +125,24 @@ class ModelRepository:
             if entry is None:
                 rows.append({"name": name, "state": UNAVAILABLE, "reason": "unloaded"})
                 continue
+            state, reason = self._state(entry)
             for version in sorted(entry.versions, key=int):
-                rows.append({"name": name, "version": version, "state": READY, "reason": ""})
+                rows.append({"name": name, "version": version, "state": state, "reason": reason})
             if not entry.versions:
-                rows.append({"name": name, "state": entry.state, "reason": entry.reason})
+                rows.append({"name": name, "state": state, "reason": reason})
         return [r for r in rows if r["state"] == READY] if ready_only else rows
 
     # -- load / unload ---------------------------------------------------------------
 
-    async def load(self, name: str, config: ModelConfig | None = None, files: dict[str, bytes] | None = None) -> None:
-        """(Re)load a model; ``config`` overrides the folder's, ``files`` replace its files."""
+    async def load(
+        self,
+        name: str,
+        config: ModelConfig | None = None,
+        files: dict[str, bytes] | None = None,
+        chain: tuple[str, ...] = (),
+    ) -> None:
+        """(Re)load a model; ``config`` overrides the folder's, ``files`` replace its files.
+        ``chain``: the ensembles whose loading asked for this one (to refuse cycles)."""
         if files and config is None:
             raise InvalidInput("loading with files requires a config")
         entry = self._entries.setdefault(name, ModelEntry(name))
@@ -111,7 +151,7 @@ class ModelRepository:
             if entry.state != READY:
                 entry.state, entry.reason = LOADING, ""
             try:
-                new = await self._load_versions(name, model_dir, config)
+                new = await self._load_versions(name, model_dir, config, chain)
             except DeepserveError as exc:
                 if temp_dir is not None:
                     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -125,13 +165,17 @@ class ModelRepository:
             if old_temp is not None:
                 shutil.rmtree(old_temp, ignore_errors=True)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        """Unload a model (queued and running requests finish first). With
+        ``unload_dependents``, an ensemble's step models that no other loaded ensemble
+        uses are unloaded too (Triton's semantics)."""
         entry = self._entries.get(name)
         if entry is None:
             if (self.root / name).is_dir():
                 return  # already unloaded
             raise ModelNotFound(f"unknown model '{name}'")
         async with entry.lock:
+            steps = {step for model in entry.versions.values() for step in model.steps}
             entry.state = UNLOADING
             old, entry.versions = entry.versions, {}
             await self._retire(old.values())
@@ -139,6 +183,10 @@ class ModelRepository:
             if entry.temp_dir is not None:
                 shutil.rmtree(entry.temp_dir, ignore_errors=True)
                 entry.temp_dir = None
+        if unload_dependents:
+            still_used = {step for model in self.models() for step in model.steps}
+            for step in sorted(steps - still_used):
+                await self.unload(step, unload_dependents=True)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -159,7 +207,9 @@ class ModelRepository:
             target.write_bytes(data)
         return temp, temp
 
-    async def _load_versions(self, name: str, model_dir: Path, override: ModelConfig | None) -> dict[str, LoadedModel]:
+    async def _load_versions(
+        self, name: str, model_dir: Path, override: ModelConfig | None, chain: tuple[str, ...]
+    ) -> dict[str, LoadedModel]:
         config = override if override is not None else await asyncio.to_thread(read_config, model_dir)
         versions = select_versions(model_dir, config)
         loaded: dict[str, LoadedModel] = {}
@@ -167,12 +217,14 @@ class ModelRepository:
             for version in versions:
                 started = time.perf_counter()
                 telemetry = ModelTelemetry(self.metrics.model(name, version), name, version)
-                model = await asyncio.to_thread(load_version, name, version, model_dir, config, self.options, telemetry)
-                policy = batch_policy_from_config(model.config, self.options.default_max_queue_size)
-                model.batcher = DynamicBatcher(policy, model.instances, telemetry)
-                model.batcher.start()
-                telemetry.metrics.load_s.set(time.perf_counter() - started)
+                if is_ensemble(config):
+                    model = load_ensemble(name, version, config, telemetry, self.get)
+                    await self._load_steps(model, (*chain, name))
+                else:
+                    model = await asyncio.to_thread(load_version, name, version, model_dir, config, self.options, telemetry)
+                model.scheduler.start()
                 loaded[version] = model
+                telemetry.metrics.load_s.set(time.perf_counter() - started)
                 log.info("loaded %s version %s (%d instance(s))", name, version, len(model.instances))
         except Exception as exc:
             await self._retire(loaded.values())
@@ -181,14 +233,27 @@ class ModelRepository:
             raise InvalidInput(f"model '{name}' failed to load: {exc!r}") from exc
         return loaded
 
+    async def _load_steps(self, ensemble: LoadedModel, chain: tuple[str, ...]) -> None:
+        """Load the step models that are not loaded yet, then check the ensemble's wiring."""
+        for step in ensemble.steps:
+            if step in chain:
+                raise InvalidInput(f"ensemble '{chain[0]}' includes itself through {' -> '.join((*chain, step))}")
+            entry = self._entries.get(step)
+            if entry is not None and entry.versions:
+                continue
+            try:
+                await self.load(step, chain=chain)
+            except DeepserveError as exc:
+                raise InvalidInput(f"ensemble '{ensemble.name}': step model '{step}' failed to load: {exc.message}") from None
+        check_wiring(ensemble, self.get)
+
     async def _retire(self, models, keep_series: set[str] = frozenset()) -> None:
         """Let queued and running requests finish, then free the runtimes.
 
         ``keep_series``: versions whose metric series the replacing load still uses.
         """
         for model in list(models):
-            if model.batcher is not None:
-                await model.batcher.aclose()
+            await model.scheduler.aclose()
             await asyncio.to_thread(model.unload_instances)
             if model.version not in keep_series:
                 self.metrics.forget(model.name, model.version)

@@ -1,30 +1,36 @@
-"""One loaded model version: its config, its runtime instances and its batcher.
+"""Loading one model version: a runtime model (its instances and dynamic batcher) or
+an ensemble (its checked plan and executor).
 
-``load_version`` is the blocking half of a load (runs in a worker thread): it resolves
-the runtime, loads every instance, auto-completes the config from the model file and
-reads the labels. The repository then starts the batcher on the event loop.
+``load_version`` is the blocking half of a runtime model's load (runs in a worker
+thread): it resolves the runtime, loads every instance, auto-completes the config from
+the model file and reads the labels. The repository then starts the scheduler on the
+event loop.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from server import runtimes
 from server.core.errors import InvalidInput
-from server.core.types import TensorSpec
 from server.observability.stats import ModelTelemetry
 from server.repository.config import ModelConfig, complete_config, parameters, tensor_specs
+from server.repository.loaded import LoadedModel
 from server.runtimes import RuntimeKind
-from server.runtimes.base import Runtime, RuntimeOptions
+from server.runtimes.base import Runtime, RuntimeOptions, StreamingRuntime
 from server.runtimes.devices import gpu_count
 from server.scheduling.batcher import DynamicBatcher
+from server.scheduling.ensemble import EnsembleScheduler, Resolve
+from server.scheduling.policy import batch_policy_from_config, ensemble_plan_from_config
 
 log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,42 +42,30 @@ class LoadOptions:
     cpu_threads: int = 0  # cores the runtimes may use in all; 0 = os.cpu_count()
 
 
-@dataclass(slots=True)
-class LoadedModel:
-    name: str
-    version: str
-    config: ModelConfig
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    labels: dict[str, list[str]]  # output name -> class labels
-    instances: list[Runtime]
-    telemetry: ModelTelemetry
-    batcher: DynamicBatcher | None = None
-    text_inputs: frozenset[str] = frozenset()  # BYTES inputs the runtime reads as UTF-8 text
-    input_index: dict[str, TensorSpec] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.input_index = {spec.name: spec for spec in self.inputs}
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.config.max_batch_size
-
-    def unload_instances(self) -> None:
-        for instance in self.instances:
-            instance.unload()
+def is_ensemble(config: ModelConfig | None) -> bool:
+    return config is not None and config.platform == ENSEMBLE
 
 
 def find_kind(config: ModelConfig | None, version_dir: Path) -> RuntimeKind:
     if config is not None and (config.platform or config.backend):
         return runtimes.kind_for(config.platform, config.backend)
     for kind in runtimes.KINDS:
-        if (version_dir / kind.default_filename).exists():
+        if any((version_dir / name).exists() for name in kind.filenames):
             return kind
-    raise InvalidInput(
-        f"no model file in {version_dir}: expected one of {[k.default_filename for k in runtimes.KINDS]} "
-        "or a config naming the platform/backend"
-    )
+    expected = [name for kind in runtimes.KINDS for name in kind.filenames]
+    raise InvalidInput(f"no model file in {version_dir}: expected one of {expected} or a config naming the platform/backend")
+
+
+def model_file(kind: RuntimeKind, config: ModelConfig, version_dir: Path) -> Path:
+    """The file to load: ``default_model_filename``, else the first of the kind's names
+    that exists. A python model named by its ``processor`` parameter has no file."""
+    if config.default_model_filename:
+        path = version_dir / config.default_model_filename
+    else:
+        path = next((version_dir / n for n in kind.filenames if (version_dir / n).exists()), version_dir / kind.default_filename)
+    if not path.exists() and not (kind.backend == "python" and parameters(config).get("processor")):
+        raise InvalidInput(f"model file {path} does not exist")
+    return path
 
 
 def instance_devices(config: ModelConfig) -> list[str]:
@@ -95,7 +89,9 @@ def instance_devices(config: ModelConfig) -> list[str]:
     return devices
 
 
-def runtime_options(config: ModelConfig, device: str, cpu_instances: int, options: LoadOptions) -> RuntimeOptions:
+def runtime_options(
+    config: ModelConfig, version: str, device: str, cpu_instances: int, options: LoadOptions
+) -> RuntimeOptions:
     params = parameters(config)
     cores = options.cpu_threads or os.cpu_count() or 1
     threads = int(params.get("intra_op_thread_count", 0)) or max(1, cores // max(1, cpu_instances))
@@ -105,8 +101,17 @@ def runtime_options(config: ModelConfig, device: str, cpu_instances: int, option
         if accelerators and device.startswith("cuda"):
             names = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider"}
             providers = tuple(names.get(a.lower(), a) for a in accelerators) + ("CUDAExecutionProvider", "CPUExecutionProvider")
+    inputs, outputs = tensor_specs(config)
     return RuntimeOptions(
-        device=device, intra_op_threads=threads, parameters=tuple(sorted(params.items())), providers=providers
+        device=device,
+        model_name=config.name,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=config.max_batch_size,
+        intra_op_threads=threads,
+        parameters=tuple(sorted(params.items())),
+        providers=providers,
     )
 
 
@@ -122,10 +127,8 @@ def load_version(
     version_dir = model_dir / version
     kind = find_kind(config, version_dir)
     base = config if config is not None else ModelConfig(name=name)
-    filename = base.default_model_filename or kind.default_filename
-    model_path = version_dir / filename
-    if not model_path.exists():
-        raise InvalidInput(f"model file {model_path} does not exist")
+    base.name = base.name or name
+    model_path = model_file(kind, base, version_dir)
     devices = instance_devices(base)
     cpu_instances = sum(d == "cpu" for d in devices)
     instances: list[Runtime] = []
@@ -133,19 +136,43 @@ def load_version(
         signature = None
         for device in devices:
             runtime = runtimes.create(kind)
-            signature = runtime.load(model_path, runtime_options(base, device, cpu_instances, options))
+            signature = runtime.load(model_path, runtime_options(base, version, device, cpu_instances, options))
             instances.append(runtime)
         completed = complete_config(base, name, kind, signature, options.default_max_batch_size)
+        if not completed.input or not completed.output:
+            raise InvalidInput(f"the {kind.backend} model file carries no signature: its config must declare input and output")
+        if completed.model_transaction_policy.decoupled and not isinstance(instances[0], StreamingRuntime):
+            raise InvalidInput(f"decoupled models need a backend that answers several responses (python); {kind.backend} answers one")
         inputs, outputs = tensor_specs(completed)
         labels = read_labels(model_dir, completed)
     except Exception:
         for runtime in instances:
             runtime.unload()
         raise
-    model = LoadedModel(name, version, completed, inputs, outputs, labels, instances, telemetry)
-    if kind.backend == "onnxruntime":  # ONNX string tensors are text
-        model.text_inputs = frozenset(s.name for s in inputs if s.datatype == "BYTES")
-    return model
+    policy = batch_policy_from_config(completed, options.default_max_queue_size)
+    text_inputs = frozenset(s.name for s in inputs if s.datatype == "BYTES") if kind.backend == "onnxruntime" else frozenset()
+    return LoadedModel(
+        name, version, completed, inputs, outputs, labels, telemetry,
+        scheduler=DynamicBatcher(policy, instances, telemetry), instances=instances, text_inputs=text_inputs,
+    )
+
+
+def load_ensemble(name: str, version: str, config: ModelConfig, telemetry: ModelTelemetry, resolve: Resolve) -> LoadedModel:
+    """An ensemble version: Triton requires its config to declare inputs and outputs."""
+    if config.name and config.name != name:
+        raise InvalidInput(f"config name '{config.name}' does not match the model folder '{name}'")
+    if not config.input or not config.output:
+        raise InvalidInput("an ensemble's config must declare its input and output tensors")
+    try:
+        plan = ensemble_plan_from_config(config)
+    except ValueError as exc:
+        raise InvalidInput(f"ensemble '{name}': {exc}") from None
+    completed = ModelConfig()
+    completed.CopyFrom(config)
+    completed.name = name
+    inputs, outputs = tensor_specs(completed)
+    scheduler = EnsembleScheduler(name, plan, resolve, telemetry)
+    return LoadedModel(name, version, completed, inputs, outputs, {}, telemetry, scheduler, steps=plan.models)
 
 
 def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
@@ -160,8 +187,11 @@ def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
 
 
 def select_versions(model_dir: Path, config: ModelConfig | None) -> list[str]:
-    """Numeric version folders chosen by ``version_policy`` (default: the latest one)."""
+    """Numeric version folders chosen by ``version_policy`` (default: the latest one).
+    An ensemble without a version folder is version 1."""
     available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not available and is_ensemble(config):
+        return ["1"]
     if not available:
         raise InvalidInput(f"model folder {model_dir.name} has no numeric version folder (e.g. {model_dir.name}/1/)")
     policy = config.version_policy if config is not None else mc.ModelVersionPolicy()
@@ -177,3 +207,26 @@ def select_versions(model_dir: Path, config: ModelConfig | None) -> list[str]:
         n = policy.latest.num_versions if which == "latest" else 1
         chosen = available[-max(1, n):]
     return [str(v) for v in chosen]
+
+
+def check_wiring(ensemble: LoadedModel, get) -> None:
+    """Each step's maps name real tensors of its step model, every required step input is
+    fed, and no step is decoupled. ``get(name, version)`` returns a loaded model."""
+    scheduler = ensemble.scheduler
+    assert isinstance(scheduler, EnsembleScheduler)
+    for step in scheduler.plan.steps:
+        target: LoadedModel = get(step.model, step.version)
+        where = f"ensemble '{ensemble.name}' step '{step.model}'"
+        if target.decoupled:
+            raise InvalidInput(f"{where}: decoupled models cannot be ensemble steps")
+        mapped = {name for name, _ in step.inputs}
+        unknown = sorted(mapped - target.input_index.keys())
+        if unknown:
+            raise InvalidInput(f"{where}: input_map names {unknown}, not inputs of the model ({sorted(target.input_index)})")
+        unfed = sorted(n for n, spec in target.input_index.items() if not spec.optional and n not in mapped)
+        if unfed:
+            raise InvalidInput(f"{where}: the model's input(s) {unfed} are not in its input_map")
+        outputs = {spec.name for spec in target.outputs}
+        unknown = sorted({name for name, _ in step.outputs} - outputs)
+        if unknown:
+            raise InvalidInput(f"{where}: output_map names {unknown}, not outputs of the model ({sorted(outputs)})")

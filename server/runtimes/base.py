@@ -11,9 +11,10 @@ importing the server on a CPU host never imports them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +26,13 @@ class RuntimeOptions:
     """What the repository tells a runtime instance when loading it."""
 
     device: str = "cpu"  # "cpu" or "cuda:<index>"
+    model_name: str = ""
+    version: str = ""
+    # The config's declared tensors (clients' view: a leading -1 when the model batches);
+    # empty where the config leaves them to be completed from the model file.
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    max_batch_size: int = 0
     intra_op_threads: int = 0  # 0: let the runtime choose
     parameters: tuple[tuple[str, str], ...] = ()  # the config's `parameters` map, as strings
     # Execution providers asked for in the config (ONNX Runtime names); empty = auto.
@@ -56,4 +64,14 @@ class Runtime(Protocol):
 
     def unload(self) -> None:
         """Free what ``load`` took (sessions, engines, device memory)."""
+        ...
+
+
+@runtime_checkable
+class StreamingRuntime(Runtime, Protocol):
+    """A runtime that can serve decoupled models: zero or more responses per request."""
+
+    def execute_stream(self, inputs: dict[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
+        """Run one request; each item yielded is one response. Closing the iterator early
+        (the client went away) must free what it holds."""
         ...

@@ -6,10 +6,19 @@ Each turn of its loop is the vLLM-style three steps::
     outputs = instance.execute(batch)    # in a worker thread, off the event loop
     resolve(plan, outputs)               # split rows back to each caller's future
 
-Callers hand in one request and await one result (``submit``). A request is either
-answered with its outputs or with exactly one error: queue full, timed out, model
-unloading, or the runtime's failure. A caller that goes away (its task is cancelled)
-cancels its future, and the scheduler drops it before it reaches a runtime.
+Callers hand in one job and await one result (``infer``), or iterate its responses
+(``stream``). A job is either answered with its outputs or with exactly one error: queue
+full, timed out, model unloading, or the runtime's failure. A caller that goes away (its
+task is cancelled) cancels its ticket, and the scheduler drops it before it reaches a
+runtime.
+
+A batch that fails with ``InvalidInput`` (a Python model that cannot decode one image of
+the batch, say) is run again request by request, so only the bad request fails.
+
+Decoupled models (``model_transaction_policy { decoupled: true }``) run each request alone
+through the runtime's ``execute_stream``; every response it yields reaches the caller as
+it is produced. Closing the stream early sets its ticket cancelled: the instance thread
+stops pulling from the producer after its current response and closes it.
 """
 
 from __future__ import annotations
@@ -18,18 +27,19 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from server.core.errors import DeepserveError, InvalidInput, ModelError, Timeout, Unavailable
-from server.runtimes.base import Runtime
+from server.runtimes.base import Runtime, StreamingRuntime
+from server.scheduling.base import Job, Outputs
 from server.scheduling.policy import BatchPolicy
 from server.scheduling.queue import Batch, BatchScheduler, Plan, QueuedRequest, batch_key
 
-Outputs = dict[str, np.ndarray]
+Outcome = Outputs | DeepserveError  # one request's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,10 @@ class BatchObserver(Protocol):
 
     def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None: ...
 
+    def response_sent(self, index: int, compute_s: float) -> None: ...
+
+    def stream_cancelled(self, index: int) -> None: ...
+
 
 class NullObserver:
     def pending(self, count: int) -> None:
@@ -54,6 +68,30 @@ class NullObserver:
 
     def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None:
         pass
+
+    def response_sent(self, index: int, compute_s: float) -> None:
+        pass
+
+    def stream_cancelled(self, index: int) -> None:
+        pass
+
+
+_END = object()  # a stream's last item
+
+
+class _Channel:
+    """The ticket of a streamed request: responses in, the caller's iterator out.
+
+    ``closed`` is set on the loop and read by the instance thread (a plain bool under
+    the GIL): once set, the producer is stopped after its current response.
+    """
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+
+    def cancelled(self) -> bool:
+        return self.closed
 
 
 class _InstanceThread:
@@ -85,9 +123,8 @@ class _InstanceThread:
 class _Finished:
     batch: Batch
     queue_s: tuple[float, ...]
-    results: list[Outputs] | None
+    outcomes: list[Outcome]  # one per request, in the batch's order
     timings: tuple[float, float, float]
-    error: DeepserveError | None
 
 
 class DynamicBatcher:
@@ -134,33 +171,57 @@ class DynamicBatcher:
 
     # -- the caller's side ---------------------------------------------------------
 
-    async def submit(
-        self, inputs: Outputs, rows: int, priority: int | None = None, timeout_us: int | None = None
-    ) -> Outputs:
+    async def infer(self, job: Job) -> Outputs:
+        if self.policy.decoupled:
+            raise InvalidInput("this model is decoupled (it may answer several responses); stream its responses")
+        self._check_open()
+        future: asyncio.Future[Outputs] = self._loop.create_future()
+        self._enqueue(job, future)
+        future.add_done_callback(self._on_caller_done)
+        return await future
+
+    async def stream(self, job: Job) -> AsyncIterator[Outputs]:
+        if not self.policy.decoupled:
+            yield await self.infer(job)
+            return
+        self._check_open()
+        channel = _Channel()
+        self._enqueue(job, channel)
+        try:
+            while (item := await channel.items.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not channel.closed:  # the caller left early: stop the producer, drop it if queued
+                channel.closed = True
+                self._wake.set()
+
+    def _check_open(self) -> None:
         if self._closing or self._loop_task is None:
             raise Unavailable("the model is unloading; retry when it is ready again", retry_after_s=1.0)
+
+    def _enqueue(self, job: Job, ticket: asyncio.Future | _Channel) -> None:
         policy = self.policy
-        level = policy.level_for(priority)
+        level = policy.level_for(job.priority)
         if not 1 <= level <= policy.priority_levels:
-            raise InvalidInput(f"priority {priority} is out of range: this model has levels 1..{policy.priority_levels}")
+            raise InvalidInput(f"priority {job.priority} is out of range: this model has levels 1..{policy.priority_levels}")
         queue_policy = policy.queue_policy(level)
         timeout = queue_policy.default_timeout_us
-        if timeout_us and queue_policy.allow_timeout_override:
-            timeout = min(timeout_us, timeout) if timeout else timeout_us
+        if job.timeout_us and queue_policy.allow_timeout_override:
+            timeout = min(job.timeout_us, timeout) if timeout else job.timeout_us
         now = self._clock()
-        future: asyncio.Future[Outputs] = self._loop.create_future()
         request = QueuedRequest(
-            inputs=inputs,
-            rows=rows,
+            inputs=job.inputs,
+            rows=job.rows,
             level=level,
             enqueued_s=now,
             deadline_s=now + timeout / 1e6 if timeout else None,
             action=queue_policy.timeout_action,
-            ticket=future,
-            key=batch_key(inputs) if policy.batching else (),
+            ticket=ticket,
+            key=batch_key(job.inputs) if policy.batching else (),
         )
         self._scheduler.add(request)  # raises QueueFull
-        future.add_done_callback(self._on_caller_done)
         if self._idle:
             # Dispatch from here when an instance is idle: no trip through the loop task.
             self._schedule_all()
@@ -170,7 +231,6 @@ class DynamicBatcher:
             self._observer.pending(len(self._scheduler))
             if request.deadline_s is not None:
                 self._wake.set()
-        return await future
 
     def _on_caller_done(self, future: asyncio.Future) -> None:
         if future.cancelled():
@@ -220,16 +280,11 @@ class DynamicBatcher:
         self._started_seq += 1
         self._running += 1
         loop = self._loop
+        run = self._run_stream if self.policy.decoupled else _run_batch
 
         def job() -> None:  # on the instance's thread
-            results, timings, error = None, (0.0, 0.0, 0.0), None
-            try:
-                results, timings = _run_batch(worker.runtime, batch)
-            except DeepserveError as exc:
-                error = exc
-            except Exception as exc:  # a runtime bug must still answer every caller
-                error = ModelError(f"the runtime failed: {exc!r}")
-            loop.call_soon_threadsafe(self._finish, seq, worker, _Finished(batch, queue_s, results, timings, error))
+            outcomes, timings = run(worker.runtime, batch)
+            loop.call_soon_threadsafe(self._finish, seq, worker, _Finished(batch, queue_s, outcomes, timings))
 
         worker.submit(job)
 
@@ -247,36 +302,90 @@ class DynamicBatcher:
 
     def _answer(self, done: _Finished) -> None:
         batch = done.batch
-        ok = done.results is not None
+        ok = not any(isinstance(o, DeepserveError) for o in done.outcomes)
         self._observer.batch_done(batch.rows, len(batch.requests), BatchTimings(done.queue_s, *done.timings), ok)
-        if ok:
-            for request, outputs in zip(batch.requests, done.results, strict=True):
-                _settle(request, outputs=outputs)
-        else:
-            for request in batch.requests:
-                _settle(request, error=done.error)
+        for request, outcome in zip(batch.requests, done.outcomes, strict=True):
+            if isinstance(outcome, DeepserveError):
+                _settle(request, error=outcome)
+            else:
+                _settle(request, outputs=outcome)
+
+    # -- decoupled: one request, many responses ---------------------------------------
+
+    def _run_stream(self, runtime: Runtime, batch: Batch) -> tuple[list[Outcome], tuple[float, float, float]]:
+        """Instance thread: pull responses from the runtime's producer, hand each to the
+        caller's channel, stop early when the caller has gone."""
+        (request,) = batch.requests
+        channel: _Channel = request.ticket
+        loop, observer = self._loop, self._observer
+        started = last = time.perf_counter()
+        index, outcome = 0, {}
+        producer: Iterator[Outputs] | None = None
+        try:
+            if not isinstance(runtime, StreamingRuntime):
+                raise ModelError("this runtime cannot produce several responses per request")
+            producer = iter(runtime.execute_stream(request.inputs))
+            for outputs in producer:
+                if channel.closed:
+                    loop.call_soon_threadsafe(observer.stream_cancelled, index)
+                    break
+                now = time.perf_counter()
+                loop.call_soon_threadsafe(_deliver, channel, outputs, observer, index, now - last)
+                index, last = index + 1, now
+        except DeepserveError as exc:
+            outcome = exc
+        except Exception as exc:  # a model's bug still ends the stream with one error
+            outcome = ModelError(f"the model failed: {exc!r}")
+        finally:
+            if producer is not None and hasattr(producer, "close"):
+                producer.close()  # runs the producer's own cleanup (finally blocks)
+        loop.call_soon_threadsafe(channel.items.put_nowait, outcome if isinstance(outcome, DeepserveError) else _END)
+        return [outcome], (0.0, time.perf_counter() - started, 0.0)
+
+
+def _deliver(channel: _Channel, outputs: Outputs, observer: BatchObserver, index: int, compute_s: float) -> None:
+    if not channel.closed:
+        channel.items.put_nowait(outputs)
+        observer.response_sent(index, compute_s)
 
 
 def _settle(request: QueuedRequest, outputs: Outputs | None = None, error: Exception | None = None) -> None:
-    future = request.ticket
-    if future.done():  # cancelled by its caller meanwhile
+    ticket = request.ticket
+    if isinstance(ticket, _Channel):  # a stream: its items were sent as produced
+        if error is not None and not ticket.closed:
+            ticket.items.put_nowait(error)
+        return
+    if ticket.done():  # cancelled by its caller meanwhile
         return
     if error is not None:
-        future.set_exception(error)
+        ticket.set_exception(error)
     else:
-        future.set_result(outputs)
+        ticket.set_result(outputs)
 
 
-def _run_batch(instance: Runtime, batch: Batch) -> tuple[list[Outputs], tuple[float, float, float]]:
-    """Worker thread: assemble rows, execute, split rows back (the timings of each phase)."""
+def _run_batch(instance: Runtime, batch: Batch) -> tuple[list[Outcome], tuple[float, float, float]]:
+    """Worker thread: assemble rows, execute, split rows back (the timings of each phase).
+
+    Bad input in one request must not fail the others: a batch of several requests that
+    fails with ``InvalidInput`` runs again one request at a time.
+    """
     t0 = time.perf_counter()
-    inputs = assemble(batch)
-    t1 = time.perf_counter()
-    outputs = instance.execute(inputs)
-    t2 = time.perf_counter()
-    results = split(batch, outputs)
-    t3 = time.perf_counter()
-    return results, (t1 - t0, t2 - t1, t3 - t2)
+    try:
+        inputs = assemble(batch)
+        t1 = time.perf_counter()
+        outputs = instance.execute(inputs)
+        t2 = time.perf_counter()
+        results: list[Outcome] = list(split(batch, outputs))
+        return results, (t1 - t0, t2 - t1, time.perf_counter() - t2)
+    except InvalidInput as exc:
+        if len(batch.requests) == 1:
+            return [exc], (0.0, time.perf_counter() - t0, 0.0)
+        outcomes = [_run_batch(instance, Batch((r,), r.rows))[0][0] for r in batch.requests]
+        return outcomes, (0.0, time.perf_counter() - t0, 0.0)
+    except DeepserveError as exc:
+        return [exc] * len(batch.requests), (0.0, time.perf_counter() - t0, 0.0)
+    except Exception as exc:  # a runtime bug must still answer every caller
+        return [ModelError(f"the runtime failed: {exc!r}")] * len(batch.requests), (0.0, time.perf_counter() - t0, 0.0)
 
 
 def assemble(batch: Batch) -> Outputs:

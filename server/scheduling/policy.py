@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from server.scheduling.ensemble import EnsemblePlan, Step, check_plan
+
 
 class TimeoutAction(Enum):
     REJECT = "REJECT"
@@ -34,6 +36,7 @@ class BatchPolicy:
 
     max_batch_size: int = 0
     batching: bool = False
+    decoupled: bool = False  # 0..n responses per request; such requests always run alone
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     preserve_ordering: bool = False
@@ -54,9 +57,11 @@ class BatchPolicy:
 
 def batch_policy_from_config(config, default_max_queue_size: int) -> BatchPolicy:
     """Build the policy from a Triton ``ModelConfig`` message."""
+    decoupled = config.model_transaction_policy.decoupled
     if not config.HasField("dynamic_batching"):
         return BatchPolicy(
             max_batch_size=config.max_batch_size,
+            decoupled=decoupled,
             default_queue_policy=QueuePolicy(max_queue_size=default_max_queue_size),
         )
     db = config.dynamic_batching
@@ -75,7 +80,8 @@ def batch_policy_from_config(config, default_max_queue_size: int) -> BatchPolicy
 
     return BatchPolicy(
         max_batch_size=config.max_batch_size,
-        batching=config.max_batch_size > 0,
+        batching=config.max_batch_size > 0 and not decoupled,
+        decoupled=decoupled,
         preferred_batch_sizes=tuple(sorted(s for s in db.preferred_batch_size if 0 < s <= config.max_batch_size)),
         max_queue_delay_us=db.max_queue_delay_microseconds,
         preserve_ordering=db.preserve_ordering,
@@ -84,3 +90,30 @@ def batch_policy_from_config(config, default_max_queue_size: int) -> BatchPolicy
         default_queue_policy=queue_policy(db.default_queue_policy),
         priority_queue_policy={int(k): queue_policy(v) for k, v in db.priority_queue_policy.items()},
     )
+
+
+def ensemble_plan_from_config(config) -> EnsemblePlan:
+    """Triton's ``ensemble_scheduling`` block -> a checked :class:`EnsemblePlan`.
+
+    ``model_version: -1`` (or 0) means the step model's latest ready version. Raises
+    ValueError naming what is wrong (the repository reports it as the load's reason).
+    """
+    if not config.ensemble_scheduling.step:
+        raise ValueError("an ensemble needs ensemble_scheduling { step [ ... ] } with at least one step")
+    steps = tuple(
+        Step(
+            model=s.model_name,
+            version=str(s.model_version) if s.model_version > 0 else "",
+            inputs=tuple(sorted(s.input_map.items())),
+            outputs=tuple(sorted(s.output_map.items())),
+        )
+        for s in config.ensemble_scheduling.step
+    )
+    for step in steps:
+        if not step.model:
+            raise ValueError("every ensemble step needs a model_name")
+    plan = EnsemblePlan(
+        inputs=tuple(t.name for t in config.input), outputs=tuple(t.name for t in config.output), steps=steps
+    )
+    check_plan(plan)
+    return plan

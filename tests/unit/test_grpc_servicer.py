@@ -7,7 +7,6 @@ import asyncio
 from types import SimpleNamespace
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
 from server.core.errors import InvalidInput
@@ -16,14 +15,12 @@ from server.frontends.grpc.servicer import InferenceServicer
 
 
 class FakeService:
-    """``model("gen")`` is decoupled; ``infer_stream`` yields one response per token."""
+    """Model "gen" is decoupled; ``infer_stream`` yields one response per token."""
 
     shutting_down = False
 
-    def model(self, name: str, version: str = ""):
-        config = mc.ModelConfig(name=name)
-        config.model_transaction_policy.decoupled = name == "gen"
-        return SimpleNamespace(config=config)
+    def model_metadata(self, name: str, version: str = ""):
+        return SimpleNamespace(decoupled=name == "gen")
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         x = request.inputs["x"]

@@ -50,7 +50,7 @@ def test_instance_groups_and_gpu_fallback(monkeypatch):
 
 
 def test_threads_are_split_across_cpu_instances():
-    options = runtime_options(mc.ModelConfig(), "cpu", cpu_instances=2, options=LoadOptions(cpu_threads=8))
+    options = runtime_options(mc.ModelConfig(), "1", "cpu", cpu_instances=2, options=LoadOptions(cpu_threads=8))
     assert options.intra_op_threads == 4
 
 

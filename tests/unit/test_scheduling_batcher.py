@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from server.core.errors import ModelError, QueueFull, Timeout, Unavailable
+from server.scheduling.base import Job
 from server.scheduling.batcher import DynamicBatcher
 from server.scheduling.policy import BatchPolicy, QueuePolicy
 
@@ -53,7 +54,7 @@ async def test_concurrent_requests_are_batched_and_split_back():
     runtime = FakeRuntime()
     batcher = await started(batching(max_queue_delay_us=20_000), runtime)
     rows = [np.full((n, 3), i, np.float32) for i, n in enumerate([1, 2, 3, 4])]
-    results = await asyncio.gather(*(batcher.submit({"x": x}, x.shape[0]) for x in rows))
+    results = await asyncio.gather(*(batcher.infer(Job({"x": x}, x.shape[0])) for x in rows))
     for x, out in zip(rows, results, strict=True):
         np.testing.assert_array_equal(out["y"], x * 2)
         np.testing.assert_array_equal(out["row_sum"], x.sum(axis=1))
@@ -64,7 +65,7 @@ async def test_concurrent_requests_are_batched_and_split_back():
 async def test_runtime_failure_answers_every_request_with_one_error():
     batcher = await started(batching(max_queue_delay_us=10_000), FakeRuntime(fail=True))
     results = await asyncio.gather(
-        *(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1) for _ in range(3)), return_exceptions=True
+        *(batcher.infer(Job({"x": np.ones((1, 2), np.float32)}, 1)) for _ in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, ModelError) for r in results)
     await batcher.aclose()
@@ -74,9 +75,9 @@ async def test_cancelled_request_never_reaches_the_runtime():
     runtime = FakeRuntime()
     runtime.gate.clear()
     batcher = await started(batching(max_batch_size=1), runtime)
-    first = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
+    first = asyncio.create_task(batcher.infer(Job({"x": np.ones((1, 2), np.float32)}, 1)))
     await asyncio.sleep(0.05)  # first is now running, held at the gate
-    queued = asyncio.create_task(batcher.submit({"x": np.full((1, 2), 7, np.float32)}, 1))
+    queued = asyncio.create_task(batcher.infer(Job({"x": np.full((1, 2), 7, np.float32)}, 1)))
     await asyncio.sleep(0.01)
     queued.cancel()
     await asyncio.sleep(0.01)
@@ -94,12 +95,12 @@ async def test_full_queue_is_refused_at_once_and_queued_ones_still_answered():
     policy = batching(max_batch_size=1, default_queue_policy=QueuePolicy(max_queue_size=2))
     batcher = await started(policy, runtime)
     x = {"x": np.ones((1, 2), np.float32)}
-    running = asyncio.create_task(batcher.submit(x, 1))
+    running = asyncio.create_task(batcher.infer(Job(x, 1)))
     await asyncio.sleep(0.05)
-    waiting = [asyncio.create_task(batcher.submit(x, 1)) for _ in range(2)]
+    waiting = [asyncio.create_task(batcher.infer(Job(x, 1))) for _ in range(2)]
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull):
-        await batcher.submit(x, 1)
+        await batcher.infer(Job(x, 1))
     runtime.gate.set()
     await asyncio.gather(running, *waiting)
     await batcher.aclose()
@@ -111,10 +112,10 @@ async def test_request_times_out_in_the_queue():
     policy = batching(max_batch_size=1, default_queue_policy=QueuePolicy(default_timeout_us=20_000))
     batcher = await started(policy, runtime)
     x = {"x": np.ones((1, 2), np.float32)}
-    running = asyncio.create_task(batcher.submit(x, 1))
+    running = asyncio.create_task(batcher.infer(Job(x, 1)))
     await asyncio.sleep(0.02)
     with pytest.raises(Timeout):
-        await batcher.submit(x, 1)
+        await batcher.infer(Job(x, 1))
     runtime.gate.set()
     await running
     await batcher.aclose()
@@ -124,12 +125,12 @@ async def test_close_answers_queued_requests_and_refuses_new_ones():
     runtime = FakeRuntime()
     batcher = await started(batching(max_queue_delay_us=50_000), runtime)
     x = {"x": np.ones((2, 2), np.float32)}
-    pending = [asyncio.create_task(batcher.submit(x, 2)) for _ in range(3)]
+    pending = [asyncio.create_task(batcher.infer(Job(x, 2))) for _ in range(3)]
     await asyncio.sleep(0)
     await batcher.aclose()
     assert all(t.done() and not t.exception() for t in pending)
     with pytest.raises(Unavailable):
-        await batcher.submit(x, 2)
+        await batcher.infer(Job(x, 2))
 
 
 async def test_two_instances_run_batches_in_parallel_and_keep_order_when_asked():
@@ -140,7 +141,7 @@ async def test_two_instances_run_batches_in_parallel_and_keep_order_when_asked()
     order: list[int] = []
 
     async def call(i: int):
-        await batcher.submit({"x": np.full((1, 1), i, np.float32)}, 1)
+        await batcher.infer(Job({"x": np.full((1, 1), i, np.float32)}, 1))
         order.append(i)
 
     tasks = [asyncio.create_task(call(i)) for i in range(2)]

@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from server.core.errors import DeepserveError, Unavailable, Unsupported
-from server.core.types import InferenceRequest, InferenceResponse
+from server.core.types import InferenceRequest
 from server.core.validation import check_version
 from server.frontends.grpc import codec
 from server.frontends.grpc.errors import status_for
@@ -113,21 +113,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context
     ) -> pb.RepositoryModelUnloadResponse:
-        # unload_dependents: deepserve has no dependent (ensemble) models yet
-        await self._service.unload_model(request.model_name)
+        dependents = request.parameters.get("unload_dependents")
+        await self._service.unload_model(request.model_name, dependents is not None and dependents.bool_param)
         return pb.RepositoryModelUnloadResponse()
 
     # -- inference -------------------------------------------------------------------
 
     @_rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        infer_request = self._decode(request)
-        if self._decoupled(infer_request):
-            raise Unsupported(
-                f"model '{infer_request.model_name}' is decoupled (it may answer several responses); "
-                "call ModelStreamInfer instead of ModelInfer"
-            )
-        return codec.encode_response(await self._service.infer(infer_request))
+        return codec.encode_response(await self._service.infer(self._decode(request)))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
@@ -174,7 +168,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             request = self._decode(message)
             enable_empty_final = bool(request.parameters.pop(codec.ENABLE_EMPTY_FINAL, False))
             decoupled = self._decoupled(request)
-            async for response in self._responses(request):
+            async for response in self._service.infer_stream(request):
                 # Non-decoupled: one response, which is the final one.
                 final = (not decoupled) if enable_empty_final else None
                 channel.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.encode_response(response, final)))
@@ -188,23 +182,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             channel.put_nowait(None)
 
-    def _responses(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
-        """The responses of one request. A service with ``infer_stream`` (a generation
-        engine: several responses per request) is used as is; otherwise the single
-        ``infer`` response."""
-        infer_stream = getattr(self._service, "infer_stream", None)
-        if infer_stream is not None:
-            return infer_stream(request)
-        return _single(self._service.infer(request))
-
     def _decode(self, message: pb.ModelInferRequest) -> InferenceRequest:
         if self._service.shutting_down:
             raise Unavailable("the server is shutting down; retry on another replica", retry_after_s=1.0)
         return codec.decode_request(message)
 
     def _decoupled(self, request: InferenceRequest) -> bool:
-        model = self._service.model(request.model_name, request.model_version)
-        return model.config.model_transaction_policy.decoupled
+        return self._service.model_metadata(request.model_name, request.model_version).decoupled
 
     # -- not implemented: UNIMPLEMENTED with a reason ----------------------------------
 
@@ -240,6 +224,3 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def LogSettings(self, request, context):
         raise _unsupported("log settings")
 
-
-async def _single(response: Awaitable[InferenceResponse]) -> AsyncIterator[InferenceResponse]:
-    yield await response

@@ -71,7 +71,7 @@ class InferRoute:
             raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got '{header}'")
         header_length = int(header) if header is not None else None
         if header_length == 0:
-            inputs = self.service.model(model, version).inputs
+            inputs = self.service.model_metadata(model, version).inputs
             if len(inputs) != 1:
                 raise InvalidInput("a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input")
             request = codec.decode_raw_binary(body, inputs[0], model, version)

@@ -63,8 +63,13 @@ async def load(request: Request, model: str, repository: str = "") -> Response:
 
 
 async def unload(request: Request, model: str, repository: str = "") -> Response:
-    await _json_body(request)  # unload_dependents: deepserve has no dependent models
-    await _service(request).unload_model(model)
+    parameters = (await _json_body(request)).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    dependents = parameters.get("unload_dependents", False)
+    if not isinstance(dependents, bool):
+        raise InvalidInput("parameters.unload_dependents must be a boolean")
+    await _service(request).unload_model(model, dependents)
     return Response(status_code=200)
 
 

@@ -1,0 +1,133 @@
+"""Image steps: encoded bytes (JPEG, PNG, WebP, ...) in, network-ready tensors out.
+
+``image.decode_resize`` parameters (all strings, as config parameters are):
+
+=============  ==========================================================  ===========
+key            meaning                                                     default
+=============  ==========================================================  ===========
+``height``     output height in pixels                                     (required)
+``width``      output width in pixels                                      (required)
+``color``      ``RGB`` or ``L`` (grayscale)                                ``RGB``
+``resize``     ``stretch`` to the size, or ``letterbox`` (keep the aspect   ``stretch``
+               ratio, pad with ``pad_value``)
+``scale``      multiplier applied to the 0..255 pixels first               ``1/255``
+``mean``       per-channel mean subtracted after scaling (comma list)      ``0``
+``std``        per-channel divisor after the mean (comma list)             ``1``
+``layout``     ``NCHW`` or ``NHWC``                                        ``NCHW``
+=============  ==========================================================  ===========
+
+The first input is the BYTES tensor of images (one per row), the first output the FP32
+batch. EXIF orientation is applied before anything else. An image that does not decode
+fails only its own request (``InvalidInput``: the batcher reruns the batch one request
+at a time).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.core.errors import InvalidInput
+from server.runtimes.python import ModelContext
+
+MAX_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs before decoding them
+
+
+def open_image(data: bytes, color: str):
+    """Decode one image, EXIF orientation applied, converted to ``color`` (RGB or L)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not isinstance(data, bytes | bytearray | memoryview) or not data:
+        raise InvalidInput("an image input is empty or not bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            raise InvalidInput(f"the image is {image.width}x{image.height}; at most {MAX_PIXELS} pixels are accepted")
+        image = ImageOps.exif_transpose(image)
+        return image.convert(color)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"the image cannot be decoded ({exc}); send JPEG, PNG, WebP, BMP or GIF bytes") from None
+
+
+def _floats(text: str, default: float, channels: int) -> np.ndarray:
+    values = [float(v) for v in text.split(",")] if text else [default]
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ValueError(f"expected 1 or {channels} comma-separated values, got '{text}'")
+    return np.asarray(values, np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    height: int
+    width: int
+    color: str = "RGB"
+    letterbox: bool = False
+    pad_value: int = 114
+    scale: float = 1 / 255
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    nchw: bool = True
+
+    @classmethod
+    def from_parameters(cls, p: dict[str, str]) -> ImageSpec:
+        color = p.get("color", "RGB").upper()
+        if color not in ("RGB", "L"):
+            raise ValueError(f"color must be RGB or L, not '{color}'")
+        resize = p.get("resize", "stretch")
+        if resize not in ("stretch", "letterbox"):
+            raise ValueError(f"resize must be stretch or letterbox, not '{resize}'")
+        layout = p.get("layout", "NCHW").upper()
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be NCHW or NHWC, not '{layout}'")
+        channels = 3 if color == "RGB" else 1
+        return cls(
+            height=int(p["height"]), width=int(p["width"]), color=color, letterbox=resize == "letterbox",
+            pad_value=int(p.get("pad_value", 114)), scale=float(p.get("scale", 1 / 255)),
+            mean=_floats(p.get("mean", ""), 0.0, channels), std=_floats(p.get("std", ""), 1.0, channels),
+            nchw=layout == "NCHW",
+        )
+
+    def tensor(self, data: bytes) -> np.ndarray:
+        """One image -> (C, H, W) or (H, W, C) float32."""
+        from PIL import Image
+
+        image = open_image(data, self.color)
+        size = (self.width, self.height)
+        if self.letterbox:
+            ratio = min(self.width / image.width, self.height / image.height)
+            inner = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+            canvas = Image.new(self.color, size, (self.pad_value,) * (3 if self.color == "RGB" else 1))
+            canvas.paste(image.resize(inner, Image.Resampling.BILINEAR), ((size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2))
+            image = canvas
+        elif image.size != size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, np.float32).reshape(self.height, self.width, -1)  # (H, W, C)
+        pixels = (pixels * self.scale - self.mean) / self.std
+        return pixels.transpose(2, 0, 1) if self.nchw else pixels
+
+
+class DecodeResize:
+    def setup(self, context: ModelContext) -> None:
+        self.spec = ImageSpec.from_parameters(context.parameters)
+        self.input = context.inputs[0].name
+        self.output = context.outputs[0].name
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = inputs[self.input].reshape(-1)
+        return {self.output: np.stack([self.spec.tensor(data) for data in images]).astype(np.float32, copy=False)}
+
+
+class ImageSize:
+    """``image.size``: each image's (height, width) after EXIF orientation, as INT32."""
+
+    def setup(self, context: ModelContext) -> None:
+        self.input = context.inputs[0].name
+        self.output = context.outputs[0].name
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes = [open_image(data, "L").size for data in inputs[self.input].reshape(-1)]
+        return {self.output: np.asarray([(h, w) for w, h in sizes], np.int32).reshape(-1, 2)}

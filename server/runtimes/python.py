@@ -1,0 +1,164 @@
+"""Python models (``backend: "python"``): pre- and post-processing, and users' own code.
+
+A model is a class with small hooks, in ``NAME/<version>/model.py``::
+
+    class Model:
+        def setup(self, context):          # optional: read context.parameters, load files
+            ...
+        def execute(self, inputs):         # {name: batch array} -> {name: batch array}
+            return {"OUT": inputs["IN"] * 2}
+        def finalize(self):                # optional: free what setup took
+            ...
+
+``execute`` gets the whole batch the dynamic batcher formed (rows of every request,
+concatenated) and returns every output with the same number of rows. BYTES tensors are
+numpy ``object`` arrays of ``bytes``. A decoupled model's ``execute`` gets one request
+and yields each response as a dict (zero or more). Raising ``InvalidInput`` (from
+``server.core.errors``) answers 400 to that request; any other exception answers 500.
+
+Which class: the config's ``parameters { key: "python_class" ... }``, else the only class
+defined in ``model.py`` that has an ``execute`` method. deepserve's own steps are named
+with ``parameters { key: "processor" value: { string_value: "image.decode_resize" } }``
+instead of a file (see :mod:`server.pipelines`). Each instance runs on its own worker
+thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.core.errors import DeepserveError, InvalidInput, ModelError
+from server.core.types import TensorSpec
+from server.runtimes.base import RuntimeOptions, Signature
+
+log = logging.getLogger(__name__)
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelContext:
+    """What ``setup`` is told about the model it serves."""
+
+    name: str
+    version: str
+    directory: Path  # the version folder (files the model ships live here)
+    parameters: dict[str, str] = field(default_factory=dict)  # the config's `parameters`
+    device: str = "cpu"
+    inputs: tuple[TensorSpec, ...] = ()  # a leading -1 when the model batches
+    outputs: tuple[TensorSpec, ...] = ()
+    max_batch_size: int = 0
+
+
+def last_line(exc: BaseException) -> str:
+    """The traceback's last line (``ValueError: bad``): what a broken model.py reports."""
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+class PythonRuntime:
+    def __init__(self) -> None:
+        self._model: Any = None
+
+    def load(self, model_path: Path, options: RuntimeOptions) -> Signature:
+        processor = options.parameter("processor")
+        try:
+            cls = _processor_class(processor) if processor else _model_class(model_path, options)
+            self._model = cls()
+            setup = getattr(self._model, "setup", None)  # an optional hook
+            if setup is not None:
+                setup(ModelContext(
+                    options.model_name, options.version, model_path.parent, dict(options.parameters),
+                    options.device, options.inputs, options.outputs, options.max_batch_size,
+                ))
+        except DeepserveError:
+            raise
+        except Exception as exc:
+            where = f"processor '{processor}'" if processor else model_path.name
+            raise InvalidInput(f"{where} failed to set up: {last_line(exc)}") from None
+        return Signature((), ())  # the config declares the tensors
+
+    def execute(self, inputs: Outputs) -> Outputs:
+        outputs = self._call(inputs)
+        if not isinstance(outputs, dict):
+            raise ModelError(f"execute() returned {type(outputs).__name__}; it must return a dict of arrays")
+        return {name: np.asarray(value) for name, value in outputs.items()}
+
+    def execute_stream(self, inputs: Outputs) -> Iterable[Outputs]:
+        for outputs in self._call(inputs):
+            if not isinstance(outputs, dict):
+                raise ModelError(f"a decoupled execute() yielded {type(outputs).__name__}; yield dicts of arrays")
+            yield {name: np.asarray(value) for name, value in outputs.items()}
+
+    def unload(self) -> None:
+        finalize = getattr(self._model, "finalize", None)
+        self._model = None
+        if finalize is not None:
+            try:
+                finalize()
+            except Exception as exc:  # a failing finalize must not stop the unload
+                log.warning("finalize() failed: %s", last_line(exc))
+
+    def _call(self, inputs: Outputs):
+        if self._model is None:
+            raise ModelError("the model is not loaded")
+        try:
+            return self._model.execute(inputs)
+        except DeepserveError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"execute() failed: {last_line(exc)}") from None
+
+
+def _model_class(path: Path, options: RuntimeOptions) -> type:
+    module_name = f"deepserve_model_{options.model_name}_{options.version}_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InvalidInput(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    wanted = options.parameter("python_class")
+    if wanted:
+        cls = getattr(module, wanted, None)
+        if not inspect.isclass(cls):
+            raise InvalidInput(f"model.py has no class '{wanted}' (parameter python_class)")
+        return cls
+    candidates = [
+        c for c in vars(module).values()
+        if inspect.isclass(c) and c.__module__ == module_name and callable(getattr(c, "execute", None))
+    ]
+    if len(candidates) != 1:
+        found = [c.__name__ for c in candidates]
+        raise InvalidInput(
+            f"model.py must define exactly one class with an execute() method (found {found}); "
+            "or name one with parameters { key: \"python_class\" value: { string_value: \"...\" } }"
+        )
+    return candidates[0]
+
+
+def _processor_class(name: str) -> type:
+    from server.pipelines import PROCESSORS  # deepserve's own steps, imported only when named
+
+    target = PROCESSORS.get(name)
+    if target is None:
+        raise InvalidInput(f"unknown processor '{name}'; deepserve has {sorted(PROCESSORS)}")
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def create() -> PythonRuntime:
+    return PythonRuntime()
