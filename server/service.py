@@ -40,6 +40,7 @@ class ModelMetadata:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     decoupled: bool = False  # answers 0..n responses per request: stream it
+    batched: bool = False  # the leading -1 of every shape is the batch dimension
 
 
 class InferenceService:
@@ -73,7 +74,9 @@ class InferenceService:
         versions = (model.version,) if version else tuple(
             m.version for m in self.repository.models() if m.name == name
         )
-        return ModelMetadata(name, versions, model.platform, model.inputs, model.outputs, model.decoupled)
+        return ModelMetadata(
+            name, versions, model.platform, model.inputs, model.outputs, model.decoupled, model.max_batch_size > 0
+        )
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
         return self.repository.get(name, version).config

@@ -33,6 +33,9 @@ class TopK:
         self.input = context.inputs[0].name
         self.outputs = {spec.name: spec.datatype for spec in context.outputs}
 
+    def _label(self, index: int) -> bytes:
+        return (self.labels[index] if self.labels and index < len(self.labels) else str(index)).encode()
+
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = inputs[self.input].astype(np.float32)
         scores = scores.reshape(scores.shape[0], -1)
@@ -44,10 +47,7 @@ class TopK:
         out: dict[str, np.ndarray] = {}
         for name, datatype in self.outputs.items():
             if datatype == "BYTES":
-                names = self.labels
-                out[name] = np.vectorize(
-                    lambda i: (names[i] if names and i < len(names) else str(i)).encode(), otypes=[object]
-                )(order)
+                out[name] = np.array([[self._label(i) for i in row] for row in order], dtype=object).reshape(order.shape)
             elif datatype in ("INT32", "INT64"):
                 out[name] = order.astype(numpy_dtype(datatype))
             else:

@@ -47,7 +47,9 @@ def open_image(data: bytes, color: str):
             raise InvalidInput(f"the image is {image.width}x{image.height}; at most {MAX_PIXELS} pixels are accepted")
         image = ImageOps.exif_transpose(image)
         return image.convert(color)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise InvalidInput("the image cannot be decoded (not a known image format); send JPEG, PNG, WebP, BMP or GIF bytes") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"the image cannot be decoded ({exc}); send JPEG, PNG, WebP, BMP or GIF bytes") from None
 
 

@@ -84,7 +84,7 @@ class PythonRuntime:
             raise
         except Exception as exc:
             where = f"processor '{processor}'" if processor else model_path.name
-            raise InvalidInput(f"{where} failed to set up: {last_line(exc)}") from None
+            raise InvalidInput(f"{where} failed to load: {last_line(exc)}") from None
         return Signature((), ())  # the config declares the tensors
 
     def execute(self, inputs: Outputs) -> Outputs:

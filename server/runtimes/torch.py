@@ -12,13 +12,14 @@ the batch goes where, and what each returned tensor is called.
   from the graph's fake tensors (-1 for every symbolic dimension); outputs are a returned
   dict's keys, else ``output``, ``output_1``, ... in the order the model returns them.
 - A TorchScript file declares nothing usable (no dtypes, no shapes, no output names):
-  ``load`` returns an empty Signature, so the model needs a config, and the repository
-  must call ``bind(config_input_names, config_output_names)`` once the config is
-  complete; until then ``execute`` raises ModelError. The config lists inputs in the
+  ``load`` returns an empty Signature, so the model needs a config that declares its
+  inputs and outputs; ``load`` binds to them (``bind(input_names, output_names)``, from
+  ``RuntimeOptions.inputs`` / ``outputs``); unbound, ``execute`` raises ModelError. The config lists inputs in the
   forward's argument order and outputs in the order the model returns them (Triton's
   ``INPUT__0`` / ``OUTPUT__0`` convention), except that a returned dict is read by key.
 - ``bind`` is optional for a ``.pt2``. Given the signature's own names in any order, it
-  keeps them; given entirely different names, it renames positionally.
+  keeps them; given entirely different names, it renames positionally, and ``load``
+  then reports the signature under the config's names.
 
 Outputs: a tensor is one output, a tuple or list several (nested ones flattened in
 order), a dict one per key. BF16 travels as raw uint16 words, as everywhere in the server.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import logging
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ from server.runtimes.base import RuntimeOptions, Signature
 log = logging.getLogger(__name__)
 
 _NOT_BOUND = ("the TorchScript model was not bound to its config's names: "
-              "the repository must call bind(input_names, output_names) after completing the config")
+              "its config must declare the inputs and outputs (TorchScript files carry no signature)")
 
 
 class TorchRuntime:
@@ -84,6 +86,12 @@ class TorchRuntime:
                                  lambda: _jit_load(model_path, self._device)).eval()
             self._arity = _forward_arity(self._module)
         log.info("loaded %s on %s", model_path, self._device)
+        if options.inputs and options.outputs:  # the config names the tensors: bind to them now
+            self.bind([t.name for t in options.inputs], [t.name for t in options.outputs])
+            self._declared = Signature(
+                tuple(replace(t, name=n) for t, n in zip(self._declared.inputs, self._input_names, strict=False)),
+                tuple(replace(t, name=n) for t, n in zip(self._declared.outputs, self._output_names, strict=False)),
+            )
         return self._declared
 
     def bind(self, input_names: list[str], output_names: list[str]) -> None:
@@ -91,11 +99,14 @@ class TorchRuntime:
 
         Raises InvalidInput when the config's names cannot be matched with the model's.
         """
+        if self._module is None:
+            raise ModelError("bind() needs a loaded model: call load() first")
         if self._in_spec is None:
             required, total = self._arity
             if not required <= len(input_names) <= total:
+                takes = str(total) if required == total else f"{required} to {total}"
                 raise InvalidInput(f"the config names {len(input_names)} input(s), but the TorchScript "
-                                   f"model's forward takes {required}..{total}")
+                                   f"model's forward takes {takes}")
         self._input_names = _match("input", list(input_names), [s.name for s in self._declared.inputs])
         self._output_names = _match("output", list(output_names), [s.name for s in self._declared.outputs])
 

@@ -65,4 +65,4 @@ def test_providers_from_the_host_and_from_the_config():
     config = text_format.Parse(
         'optimization { execution_accelerators { gpu_execution_accelerator [{ name: "tensorrt" }] } }', mc.ModelConfig()
     )
-    assert runtime_options(config, "cuda:0", 0, LoadOptions()).providers[0] == "TensorrtExecutionProvider"
+    assert runtime_options(config, "1", "cuda:0", 0, LoadOptions()).providers[0] == "TensorrtExecutionProvider"

@@ -125,13 +125,13 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[str, np.n
         return name, array, offset + size
     if "data" not in item:
         raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
-    return name, _from_json(name, datatype, shape, count, item["data"]), offset
+    return name, tensor_from_json(name, datatype, shape, count, item["data"]), offset
 
 
 _KINDS = {"b": "BOOL", "i": "int", "u": "int", "f": "float"}
 
 
-def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
+def tensor_from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
     if datatype in dt.BINARY_ONLY:
         raise InvalidInput(f"input '{name}' is {datatype}, which has no JSON form; send it as binary data")
     if datatype == "BYTES":
