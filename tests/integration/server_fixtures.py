@@ -9,7 +9,7 @@ Models (built with ``onnx.helper``; nothing is downloaded)::
     types       no batching; one identity per datatype: BYTES, FP16, BOOL, INT64, INT8, UINT16, FP64
     queued      FP32 INPUT [-1, 4] -> OUTPUT identity; max_batch_size 8 with a 20 s queue delay,
                 2 priority levels, timeout override allowed: requests sit in the queue
-    decoupled   FP32 INPUT [-1] -> OUTPUT identity, model_transaction_policy { decoupled: true }
+    decoupled   python (model.py), decoupled: FP32 INPUT [-1] -> one response INPUT_OUT = INPUT
 """
 
 from __future__ import annotations
@@ -99,11 +99,17 @@ dynamic_batching {
 
 DECOUPLED_CONFIG = """
 name: "decoupled"
-platform: "onnxruntime_onnx"
+backend: "python"
 max_batch_size: 0
 input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
 output [ { name: "INPUT_OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
 model_transaction_policy { decoupled: true }
+"""
+
+DECOUPLED_MODEL = """
+class Echo:
+    def execute(self, inputs):
+        yield {"INPUT_OUT": inputs["INPUT"]}
 """
 
 
@@ -124,7 +130,8 @@ def build_repository(repo: Path) -> Path:
     )
     _save(identity_model({"INPUT": (TensorProto.FLOAT, ["batch", 4])}), repo / "queued" / "1" / "model.onnx")
     (repo / "queued" / "config.pbtxt").write_text(QUEUED_CONFIG)
-    _save(identity_model({"INPUT": (TensorProto.FLOAT, ["n"])}), repo / "decoupled" / "1" / "model.onnx")
+    (repo / "decoupled" / "1").mkdir(parents=True, exist_ok=True)
+    (repo / "decoupled" / "1" / "model.py").write_text(DECOUPLED_MODEL)
     (repo / "decoupled" / "config.pbtxt").write_text(DECOUPLED_CONFIG)
     return repo
 

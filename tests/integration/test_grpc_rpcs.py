@@ -313,7 +313,8 @@ def test_stream_final_response_flags(client):
     assert empty.get_response().id == "d" and not empty.get_response().outputs and final(empty)
     assert single.get_response().id == "s" and final(single)
     assert plain.get_response().id == "n" and "triton_final_response" not in plain.get_response().parameters
-    expect_error("UNIMPLEMENTED", client.infer, "decoupled", [x])
+    err = expect_error("INVALID_ARGUMENT", client.infer, "decoupled", [x])
+    assert "ModelStreamInfer" in err.message()
 
 
 # ---- repository ----------------------------------------------------------------------
