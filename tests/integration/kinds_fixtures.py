@@ -195,8 +195,8 @@ def _write(repo: Path, name: str, config: str, files: dict[str, str] | None = No
 
 
 def write_torch_digits(repo: Path, name: str = "digits_pt2") -> None:
-    """The digits CNN with the shipped weights as ``model.pt2`` (no config: the program's
-    signature completes it)."""
+    """The digits CNN with the shipped weights as ``model.pt2``; the config names only the
+    batching, the program's signature completes the tensors."""
     import torch
 
     from export.torch_program import write_torch_program
@@ -204,6 +204,7 @@ def write_torch_digits(repo: Path, name: str = "digits_pt2") -> None:
 
     module = digits_cnn.load().eval()
     write_torch_program(module, (torch.zeros(2, 1, 8, 8),), repo / name / "1" / "model.pt2")
+    (repo / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "pytorch"\nmax_batch_size: 64\ndynamic_batching {{ }}\n')
 
 
 def build_kinds_repository(repo: Path) -> Path:
