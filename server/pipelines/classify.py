@@ -27,7 +27,10 @@ class TopK:
         self.k = int(p.get("k", 1))
         if self.k < 1:
             raise ValueError(f"k must be at least 1, not {self.k}")
-        self.softmax = p.get("softmax", "true").lower() == "true"
+        softmax = p.get("softmax", "true").lower()
+        if softmax not in ("true", "false"):
+            raise ValueError(f"softmax must be true or false, not '{softmax}'")
+        self.softmax = softmax == "true"
         labels_file = p.get("labels", "")
         self.labels = (context.directory / labels_file).read_text().splitlines() if labels_file else None
         self.input = context.inputs[0].name

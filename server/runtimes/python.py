@@ -68,11 +68,16 @@ def last_line(exc: BaseException) -> str:
 class PythonRuntime:
     def __init__(self) -> None:
         self._model: Any = None
+        self._module_name = ""  # model.py's entry in sys.modules, dropped on unload
 
     def load(self, model_path: Path, options: RuntimeOptions) -> Signature:
         processor = options.parameter("processor")
         try:
-            cls = _processor_class(processor) if processor else _model_class(model_path, options)
+            if processor:
+                cls = _processor_class(processor)
+            else:
+                self._module_name = f"deepserve_model_{options.model_name}_{options.version}_{id(self)}"
+                cls = _model_class(model_path, self._module_name, options.parameter("python_class"))
             self._model = cls()
             setup = getattr(self._model, "setup", None)  # an optional hook
             if setup is not None:
@@ -80,9 +85,10 @@ class PythonRuntime:
                     options.model_name, options.version, model_path.parent, dict(options.parameters),
                     options.device, options.inputs, options.outputs, options.max_batch_size,
                 ))
-        except DeepserveError:
-            raise
         except Exception as exc:
+            sys.modules.pop(self._module_name, None)
+            if isinstance(exc, DeepserveError):
+                raise
             where = f"processor '{processor}'" if processor else model_path.name
             raise InvalidInput(f"{where} failed to load: {last_line(exc)}") from None
         return Signature((), ())  # the config declares the tensors
@@ -94,14 +100,28 @@ class PythonRuntime:
         return {name: np.asarray(value) for name, value in outputs.items()}
 
     def execute_stream(self, inputs: Outputs) -> Iterable[Outputs]:
-        for outputs in self._call(inputs):
+        responses = iter(self._call(inputs))
+        while True:
+            try:
+                outputs = next(responses)
+            except StopIteration:
+                return
+            except DeepserveError:
+                raise
+            except Exception as exc:  # raised inside the model's generator
+                raise ModelError(f"execute() failed: {last_line(exc)}") from None
             if not isinstance(outputs, dict):
                 raise ModelError(f"a decoupled execute() yielded {type(outputs).__name__}; yield dicts of arrays")
-            yield {name: np.asarray(value) for name, value in outputs.items()}
+            try:
+                yield {name: np.asarray(value) for name, value in outputs.items()}
+            except GeneratorExit:  # the caller left: let the model's generator clean up
+                getattr(responses, "close", lambda: None)()
+                raise
 
     def unload(self) -> None:
         finalize = getattr(self._model, "finalize", None)
         self._model = None
+        sys.modules.pop(self._module_name, None)
         if finalize is not None:
             try:
                 finalize()
@@ -119,19 +139,13 @@ class PythonRuntime:
             raise ModelError(f"execute() failed: {last_line(exc)}") from None
 
 
-def _model_class(path: Path, options: RuntimeOptions) -> type:
-    module_name = f"deepserve_model_{options.model_name}_{options.version}_{abs(hash(str(path)))}"
+def _model_class(path: Path, module_name: str, wanted: str) -> type:
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise InvalidInput(f"{path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look modules up here
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    wanted = options.parameter("python_class")
+    spec.loader.exec_module(module)
     if wanted:
         cls = getattr(module, wanted, None)
         if not inspect.isclass(cls):

@@ -263,7 +263,7 @@ class DynamicBatcher:
             # Expired requests get their one answer here; cancelled ones were answered by
             # their caller. Either failure is counted once, where the answer is sent.
             for request in plan.expired:
-                _settle(request, error=Timeout("the request timed out in the queue before it could run"))
+                _expire(request)
             if plan.batch is None:
                 self._observer.pending(len(self._scheduler))
                 if not from_loop and (plan.wake_at_s is not None or self._closing):
@@ -349,11 +349,18 @@ def _deliver(channel: _Channel, outputs: Outputs, observer: BatchObserver, index
         observer.response_sent(index, compute_s)
 
 
+def _expire(request: QueuedRequest) -> None:
+    """A request that timed out in the queue: its one answer (a stream's only item)."""
+    error = Timeout("the request timed out in the queue before it could run")
+    if isinstance(request.ticket, _Channel):
+        request.ticket.items.put_nowait(error)
+    else:
+        _settle(request, error=error)
+
+
 def _settle(request: QueuedRequest, outputs: Outputs | None = None, error: Exception | None = None) -> None:
     ticket = request.ticket
-    if isinstance(ticket, _Channel):  # a stream: its items were sent as produced
-        if error is not None and not ticket.closed:
-            ticket.items.put_nowait(error)
+    if isinstance(ticket, _Channel):  # a stream ends itself (_run_stream) once it has run
         return
     if ticket.done():  # cancelled by its caller meanwhile
         return

@@ -155,6 +155,8 @@ class EnsembleScheduler:
             outputs = await target.run({model_name: tensors[tensor] for model_name, tensor in step.inputs})
         except DeepserveError as exc:
             raise exc.with_prefix(f"ensemble '{self.name}' step '{step.model}': ") from None
+        except Exception as exc:  # a bug below still answers with the step's name
+            raise ModelError(f"ensemble '{self.name}' step '{step.model}' failed: {exc!r}") from None
         finally:
             self._observer.step_done(step.model, time.perf_counter() - started)
         missing = [name for name, _ in step.outputs if name not in outputs]

@@ -17,7 +17,9 @@ from server.runtimes.python import PythonRuntime
 IMAGE_IN = (TensorSpec("IMAGE", "BYTES", (-1, 1)),)
 
 
-def processor(tmp_path: Path, name: str, outputs: tuple[TensorSpec, ...], inputs=IMAGE_IN, **parameters) -> PythonRuntime:
+def processor(
+    tmp_path: Path, name: str, outputs: tuple[TensorSpec, ...], inputs=IMAGE_IN, **parameters
+) -> PythonRuntime:
     runtime = PythonRuntime()
     options = RuntimeOptions(
         parameters=(("processor", name), *((k, str(v)) for k, v in parameters.items())),

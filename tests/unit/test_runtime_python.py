@@ -54,7 +54,9 @@ def test_the_one_class_with_execute_is_the_model(tmp_path):
 
 
 def test_two_model_classes_are_refused_naming_both(tmp_path):
-    with pytest.raises(InvalidInput, match=r"exactly one class with an execute\(\) method \(found \['A', 'B'\]\).*python_class"):
+    with pytest.raises(
+        InvalidInput, match=r"exactly one class with an execute\(\) method \(found \['A', 'B'\]\).*python_class"
+    ):
         loaded(tmp_path, TWO)
 
 
@@ -81,11 +83,22 @@ def test_setup_receives_the_model_context(tmp_path):
             def execute(self, inputs):
                 return inputs
         """,
-        model_name="m", version="1", parameters=(("k", "5"),), inputs=inputs, outputs=outputs, max_batch_size=4,
+        model_name="m",
+        version="1",
+        parameters=(("k", "5"),),
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=4,
     )
     assert runtime._model.context == ModelContext(
-        name="m", version="1", directory=tmp_path / "1", parameters={"k": "5"},
-        device="cpu", inputs=inputs, outputs=outputs, max_batch_size=4,
+        name="m",
+        version="1",
+        directory=tmp_path / "1",
+        parameters={"k": "5"},
+        device="cpu",
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=4,
     )
 
 
@@ -207,3 +220,41 @@ def test_processor_parameter_loads_a_deepserve_pipeline_step(tmp_path):
 def test_an_unknown_processor_is_refused_listing_the_known_ones(tmp_path):
     with pytest.raises(InvalidInput, match=r"unknown processor 'image.rotate'.*'classify.topk'.*'image.decode_resize'"):
         PythonRuntime().load(tmp_path / "model.py", RuntimeOptions(parameters=(("processor", "image.rotate"),)))
+
+
+def test_closing_a_stream_early_runs_the_models_own_cleanup(tmp_path):
+    marker = tmp_path / "closed"
+    runtime = loaded(
+        tmp_path,
+        f"""
+        from pathlib import Path
+
+        class Model:
+            def execute(self, inputs):
+                try:
+                    for i in range(100):
+                        yield {{"I": [i]}}
+                finally:
+                    Path({str(marker)!r}).write_text("closed")
+        """,
+    )
+    stream = runtime.execute_stream({})
+    assert next(stream)["I"].tolist() == [0]
+    stream.close()
+    assert marker.read_text() == "closed"
+
+
+def test_execute_stream_failing_after_a_response_is_a_model_error(tmp_path):
+    runtime = loaded(
+        tmp_path,
+        """
+        class Model:
+            def execute(self, inputs):
+                yield {"I": [0]}
+                raise RuntimeError("lost the GPU")
+        """,
+    )
+    stream = runtime.execute_stream({})
+    next(stream)
+    with pytest.raises(ModelError, match=r"execute\(\) failed: RuntimeError: lost the GPU"):
+        next(stream)

@@ -220,7 +220,9 @@ async def test_independent_steps_run_at_the_same_time():
             await self.other.wait()
             return {"y": inputs["x"] + self.n}
 
-    ensemble = scheduler(FAN, {"left": Meet(left_started, right_started, 1), "right": Meet(right_started, left_started, 2)})
+    ensemble = scheduler(
+        FAN, {"left": Meet(left_started, right_started, 1), "right": Meet(right_started, left_started, 2)}
+    )
     out = await asyncio.wait_for(ensemble.infer(job([0.0])), 5)
     np.testing.assert_array_equal(out["L"], [1.0])
     np.testing.assert_array_equal(out["R"], [2.0])
@@ -284,6 +286,21 @@ async def test_a_failing_step_cancels_its_running_sibling():
     with pytest.raises(ModelError, match="step 'left': boom"):
         await ensemble.infer(job([0.0]))
     await asyncio.wait_for(right.cancelled.wait(), 5)
+
+
+async def test_a_caller_that_goes_away_cancels_the_running_steps():
+    left, right = Fn(add(1), asyncio.Event()), Fn(add(2), asyncio.Event())  # neither is ever released
+    observer = Recorder()
+    ensemble = scheduler(FAN, {"left": left, "right": right}, observer)
+    task = asyncio.create_task(ensemble.infer(job([0.0])))
+    await left.started.wait()
+    await right.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(asyncio.gather(left.cancelled.wait(), right.cancelled.wait()), 5)
+    assert observer.ensembles == [(1, False)]
+    await asyncio.wait_for(ensemble.aclose(), 5)  # nothing is left in flight
 
 
 async def test_a_step_that_omits_a_mapped_output_is_a_model_error():

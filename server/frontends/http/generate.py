@@ -55,9 +55,18 @@ def generate_request(
         if spec is None:
             raise InvalidInput(f"'{name}' is not an input of model '{model}'; it takes {sorted(index)}")
         dims = spec.shape[1:] if batched else spec.shape
-        shape = _shape(name, np.shape(value) if not isinstance(value, str) else (), dims)
+        shape = _shape(name, _value_shape(name, value), dims)
         tensors[name] = tensor_from_json(name, spec.datatype, [1, *shape] if batched else shape, math.prod(shape), value)
     return InferenceRequest(model, tensors, version, request_id, parameters=parameters)
+
+
+def _value_shape(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        return ()
+    try:
+        return np.shape(value)
+    except ValueError:
+        raise InvalidInput(f"input '{name}' is a ragged list; give a scalar or an evenly nested list") from None
 
 
 def _shape(name: str, given: tuple[int, ...], dims: tuple[int, ...]) -> list[int]:
