@@ -10,6 +10,9 @@ Models (built with ``onnx.helper``; nothing is downloaded)::
     queued      FP32 INPUT [-1, 4] -> OUTPUT identity; max_batch_size 8 with a 20 s queue delay,
                 2 priority levels, timeout override allowed: requests sit in the queue
     decoupled   python (model.py), decoupled: FP32 INPUT [-1] -> one response INPUT_OUT = INPUT
+    add_sub_twice  a Triton ensemble of ONNX steps, as Triton users write it (empty version
+                folder): simple(a, b) -> (a+b, a-b) -> simple -> (2a, 2b); the second step
+                reads both outputs of the first
 """
 
 from __future__ import annotations
@@ -113,6 +116,35 @@ class Echo:
 """
 
 
+ENSEMBLE_CONFIG = """
+name: "add_sub_twice"
+platform: "ensemble"
+max_batch_size: 64
+input [ { name: "A" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "TWO_A" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "TWO_B" data_type: TYPE_FP32 dims: [ 16 ] } ]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "simple"
+      model_version: -1
+      input_map { key: "INPUT0" value: "A" }
+      input_map { key: "INPUT1" value: "B" }
+      output_map { key: "OUTPUT0" value: "sum" }
+      output_map { key: "OUTPUT1" value: "difference" }
+    },
+    {
+      model_name: "simple"
+      model_version: 1
+      input_map { key: "INPUT0" value: "sum" }
+      input_map { key: "INPUT1" value: "difference" }
+      output_map { key: "OUTPUT0" value: "TWO_A" }
+      output_map { key: "OUTPUT1" value: "TWO_B" }
+    }
+  ]
+}
+"""
+
+
 def write_simple(repo: Path, name: str) -> None:
     _save(add_sub_model(), repo / name / "1" / "model.onnx")
     (repo / name / "config.pbtxt").write_text(SIMPLE_CONFIG.format(name=name))
@@ -133,6 +165,8 @@ def build_repository(repo: Path) -> Path:
     (repo / "decoupled" / "1").mkdir(parents=True, exist_ok=True)
     (repo / "decoupled" / "1" / "model.py").write_text(DECOUPLED_MODEL)
     (repo / "decoupled" / "config.pbtxt").write_text(DECOUPLED_CONFIG)
+    (repo / "add_sub_twice" / "1").mkdir(parents=True, exist_ok=True)
+    (repo / "add_sub_twice" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
     return repo
 
 

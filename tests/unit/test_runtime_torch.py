@@ -249,3 +249,36 @@ def test_unload_then_execute_is_a_model_error(files, digits) -> None:
     runtime.unload()
     with pytest.raises(ModelError, match="not loaded"):
         runtime.execute({"x": digits[2][:1]})
+
+
+def test_a_torchscript_model_without_a_config_is_refused_with_the_reason(tmp_path, files) -> None:
+    from server.observability.metrics import Metrics
+    from server.observability.stats import ModelTelemetry
+    from server.repository.model import LoadOptions, load_version
+
+    (tmp_path / "ts" / "1").mkdir(parents=True)
+    (tmp_path / "ts" / "1" / "model.pt").write_bytes(files["pt"].read_bytes())
+    telemetry = ModelTelemetry(Metrics().model("ts", "1"), "ts", "1")
+    with pytest.raises(InvalidInput, match="carries no signature: its config must declare input and output"):
+        load_version("ts", "1", tmp_path / "ts", None, LoadOptions(), telemetry)
+
+
+def test_a_torchscript_model_with_a_config_is_bound_to_its_names(tmp_path, files, digits) -> None:
+    from server.observability.metrics import Metrics
+    from server.observability.stats import ModelTelemetry
+    from server.repository.config import read_config
+    from server.repository.model import LoadOptions, load_version
+
+    (tmp_path / "ts" / "1").mkdir(parents=True)
+    (tmp_path / "ts" / "1" / "model.pt").write_bytes(files["pt"].read_bytes())
+    (tmp_path / "ts" / "config.pbtxt").write_text(
+        'backend: "pytorch"\nmax_batch_size: 8\n'
+        'input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1, 8, 8 ] } ]\n'
+        'output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] } ]\n'
+    )
+    telemetry = ModelTelemetry(Metrics().model("ts", "1"), "ts", "1")
+    model = load_version("ts", "1", tmp_path / "ts", read_config(tmp_path / "ts"), LoadOptions(), telemetry)
+    _, _, x, y = digits
+    logits = model.instances[0].execute({"INPUT__0": x[:8]})["OUTPUT__0"]
+    assert logits.shape == (8, 10) and (logits.argmax(axis=1) == y[:8]).mean() >= 0.75
+    model.unload_instances()
