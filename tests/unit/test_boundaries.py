@@ -16,9 +16,25 @@ def imported_after(code: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_batcher_imports_neither_fastapi_nor_onnxruntime():
-    modules = imported_after("import server.scheduling.batcher, server.scheduling.queue")
-    assert not {"fastapi", "onnxruntime", "grpc", "torch"} & modules
+def test_schedulers_import_neither_fastapi_nor_a_device_library():
+    modules = imported_after("import server.scheduling.batcher, server.scheduling.queue, server.scheduling.ensemble")
+    assert not {"fastapi", "onnxruntime", "grpc", "torch", "server.repository", "server.service"} & modules
+
+
+@pytest.mark.parametrize("module", ["server.runtimes.python", "server.runtimes.torch", "server.service"])
+def test_python_and_torch_runtimes_import_their_heavy_packages_only_when_a_model_loads(module):
+    assert not {"torch", "PIL", "server.pipelines.image"} & imported_after(f"import {module}")
+
+
+def test_frontends_never_import_a_loaded_model_or_a_scheduler_directly():
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).resolve().parents[2] / "server" / "frontends").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("server.scheduling", "server.runtimes", "server.repository.loaded",
+                                                   "server.repository.model", "server.repository.manager")), (path, node.module)
 
 
 @pytest.mark.parametrize("module", ["server.serve", "server.runtimes.onnxruntime", "server.cli"])
