@@ -145,6 +145,8 @@ class ModelRepository:
         ``chain``: the ensembles whose loading asked for this one (to refuse cycles)."""
         if files and config is None:
             raise InvalidInput("loading with files requires a config")
+        if not files and not (self.root / name).is_dir():  # before an entry exists for it
+            raise ModelNotFound(f"no model folder '{name}' in the repository {self.root}")
         entry = self._entries.setdefault(name, ModelEntry(name))
         async with entry.lock:
             model_dir, temp_dir = self._model_dir(name, files)

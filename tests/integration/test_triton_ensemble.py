@@ -41,3 +41,17 @@ def test_an_ensemble_with_a_wrong_map_is_unavailable_with_the_reason(server):
     assert "NOT_AN_INPUT" in info.value.message() and "step 'simple'" in info.value.message()
     row = {r["name"]: r for r in client.get_model_repository_index()}["miswired"]
     assert row["state"] == "UNAVAILABLE" and "NOT_AN_INPUT" in row["reason"]
+
+
+def test_an_ensemble_whose_step_is_missing_says_which(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    folder = server.repository / "orphan"
+    folder.mkdir()
+    (folder / "config.pbtxt").write_text(
+        (server.repository / "add_sub_twice" / "config.pbtxt").read_text()
+        .replace('"add_sub_twice"', '"orphan"').replace('model_name: "simple"\n      model_version: 1', 'model_name: "nowhere"\n      model_version: 1')
+    )
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("orphan")
+    assert "step model 'nowhere' failed to load: no model folder 'nowhere'" in info.value.message()
+    assert "nowhere" not in {r["name"] for r in client.get_model_repository_index()}

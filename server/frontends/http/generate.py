@@ -89,7 +89,11 @@ def generate_body(response: InferenceResponse, batched: bool) -> dict:
         body["id"] = response.id
     for tensor in response.outputs:
         array = tensor.data[0] if batched and tensor.data.ndim and tensor.data.shape[0] == 1 else tensor.data
-        values = dt.bytes_to_json(array) if tensor.datatype == "BYTES" else np.asarray(array).reshape(-1).tolist()
+        try:
+            values = dt.bytes_to_json(array) if tensor.datatype == "BYTES" else np.asarray(array).reshape(-1).tolist()
+        except InvalidInput:
+            raise InvalidInput(f"output '{tensor.name}' holds bytes that are not UTF-8, which JSON cannot carry; "
+                               "call .../infer and request it as binary data") from None
         body[tensor.name] = values[0] if array.size == 1 else np.asarray(values, dtype=object).reshape(array.shape).tolist()
     return body
 
