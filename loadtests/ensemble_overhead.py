@@ -15,7 +15,7 @@ For each: p50 / p99 latency of sequential requests (1 client), requests/s and p5
 extension) of every model involved, diffed around each phase, to say where the time goes.
 
     .venv/bin/python -m loadtests.ensemble_overhead --out docs/benchmarks-ensemble.md \\
-        --json loadtests/results/ensemble-<date>.json [--rounds 3] [--requests 3000]
+        --json loadtests/results/ensemble-<date>.json [--rounds 3] [--requests 5000]
     .venv/bin/python -m loadtests.ensemble_overhead --from-json loadtests/results/ensemble-<date>.json \\
         --out docs/benchmarks-ensemble.md          # re-render the page, no run
 
@@ -529,21 +529,22 @@ def _interpretation(results: dict, r: dict) -> list[str]:
         )
     cpu = (
         f"* **Throughput, {n} clients.** The ensemble reaches {r['throughput_ratio_cN']:.2f}x the direct "
-        "throughput. Client and server share the cores here, so throughput follows CPU per request: the "
-        f"server spends {e['cN']['server_cpu_ms']:.3f} ms per ensemble request against "
+        f"throughput. The server spends {e['cN']['server_cpu_ms']:.3f} ms of CPU per ensemble request against "
         f"{d['cN']['server_cpu_ms']:.3f} ms for the bare network ({r['cpu_ratio_cN']:.2f}x, "
         f"{r['added_cpu_ms_cN']:+.3f} ms); the decode step called alone costs {p['cN']['server_cpu_ms']:.3f} ms, "
-        "its HTTP request included. The rest of the ensemble's extra CPU is the second PIL decode "
-        "(`image_size`), top-k, three more scheduled calls and the executor. The client spends "
-        f"{d['cN'].get('client_cpu_ms', 0):.3f} / {e['cN'].get('client_cpu_ms', 0):.3f} ms per request "
-        "(direct / ensemble) of the same cores."
+        "its HTTP request included. The rest of the ensemble's CPU goes to the second PIL decode "
+        "(`image_size`), top-k, three more scheduled calls and the executor, in shares this run does not "
+        f"separate. The client spends {d['cN'].get('client_cpu_ms', 0):.3f} / "
+        f"{e['cN'].get('client_cpu_ms', 0):.3f} ms per request (direct / ensemble) of the same cores."
     )
     if d["cN"].get("server_cores") and e["cN"].get("server_cores"):
+        machine = lambda x: (x["cN"]["server_cpu_ms"] + x["cN"].get("client_cpu_ms", 0)) * x["cN"]["rps"] / 1e3
         cpu += (
             f" The server process kept {d['cN']['server_cores']:.2f} / {e['cN']['server_cores']:.2f} cores busy "
-            "(direct / ensemble, medians). It has one event loop, and its Python steps share one GIL, so most "
-            "of its work is serial: while it is near one core busy, its throughput is about the inverse of "
-            "its CPU per request, whatever the core count."
+            f"(direct / ensemble, medians; server and client together about {machine(d):.1f} / {machine(e):.1f} "
+            f"of the {results.get('machine', {}).get('cores', '?')} cores). The server has one event loop, and "
+            "its Python steps share one GIL, so most of its work is serial: while it is near one core busy, "
+            "its throughput is about the inverse of its CPU per request, whatever the core count."
         )
     pooled = _pooled(results, "ensemble", "cN")
     chain = [pooled.get(s) for s in ("digits_preprocess", "digits", "digits_topk")]
@@ -570,8 +571,9 @@ def _interpretation(results: dict, r: dict) -> list[str]:
         "the bare model. That is their report, not a measurement made here: Triton was not run, and its "
         "Python backend runs each model in a separate stub process with shared-memory hand-offs, where "
         "deepserve's steps are threads of the server process. On this machine and this pipeline deepserve's "
-        f"figures are {r['latency_ratio_c1']:.2f}x in p50 latency at 1 client and "
-        f"{1 / r['throughput_ratio_cN']:.2f}x in cost per request (inverse throughput) at {n} clients."
+        f"figures are {r['latency_ratio_c1']:.2f}x in p50 latency at 1 client ({_versus(r['latency_ratio_c1'])}) "
+        f"and {1 / r['throughput_ratio_cN']:.2f}x in cost per request (inverse throughput) at {n} clients "
+        f"({_versus(1 / r['throughput_ratio_cN'])})."
     )
     others, cores = results.get("others_cores"), results.get("machine", {}).get("cores")
     if others is not None and others > 0.25:
@@ -590,6 +592,12 @@ def _interpretation(results: dict, r: dict) -> list[str]:
     if log:
         out.append(f"* **Server log** (warning level and above): {len(log)} line(s); the last: `{log[-1][:200]}`")
     return out
+
+
+def _versus(ratio: float, low: float = 2.0, high: float = 10.0) -> str:
+    if ratio < low:
+        return "below the reported range"
+    return "inside the reported range" if ratio <= high else "above the reported range"
 
 
 def _split_c1(results: dict) -> str:
@@ -718,7 +726,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=3000, help="requests per variant per round at --concurrency")
+    parser.add_argument("--requests", type=int, default=5000, help="requests per variant per round at --concurrency")
     parser.add_argument("--latency-requests", type=int, default=500, help="sequential requests per variant per round")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")

@@ -223,6 +223,33 @@ def _noise(data: dict) -> str:
     return line + "."
 
 
+def section_ensemble(results_dir: Path = Path(__file__).with_name("results")) -> list[str]:
+    """The headline of the newest ``ensemble-*.json`` (its own run; the page has the rest)."""
+    from loadtests.ensemble_overhead import ratios
+
+    files = sorted(results_dir.glob("ensemble-*.json"))
+    if not files:
+        return ["Not measured yet: `python -m loadtests.ensemble_overhead`."]
+    results = json.loads(files[-1].read_text())
+    r, v = ratios(results), results["variants"]
+    return [
+        (f"`loadtests/ensemble_overhead.py`, a separate run (`{files[-1].name}`, {results['date_utc']}, commit "
+         f"`{results['commit']}`; method, attribution and raw figures in `docs/benchmarks-ensemble.md`): the "
+         "`digits_pipeline` ensemble (PNG bytes -> Python decode -> digits CNN -> Python top-k, plus an image-size "
+         "branch) against calling `digits` directly with the pre-decoded tensor, HTTP binary, one image per request."),
+        "",
+        "| figure | ensemble | direct | ratio |",
+        "|---|---|---|---|",
+        (f"| p50 at 1 client | {v['ensemble']['c1']['p50_ms']:.2f} ms | {v['direct']['c1']['p50_ms']:.2f} ms | "
+         f"{r['latency_ratio_c1']:.2f}x (+{r['added_p50_ms_c1']:.2f} ms) |"),
+        (f"| throughput at {results['settings']['concurrency']} clients | {v['ensemble']['cN']['rps']:,.0f} req/s | "
+         f"{v['direct']['cN']['rps']:,.0f} req/s | {r['throughput_ratio_cN']:.2f}x |"),
+        (f"| server CPU per request at {results['settings']['concurrency']} clients | "
+         f"{v['ensemble']['cN']['server_cpu_ms']:.3f} ms | {v['direct']['cN']['server_cpu_ms']:.3f} ms | "
+         f"{r['cpu_ratio_cN']:.2f}x |"),
+    ]
+
+
 def render(data: dict) -> str:
     fig = Figures(data)
     meta = data["meta"]
@@ -287,6 +314,10 @@ def render(data: dict) -> str:
         "answered the same way)."),
         "",
         *section_peer(fig),
+        "",
+        "## 5. Ensemble overhead",
+        "",
+        *section_ensemble(),
         "",
         "## Exact configurations",
         "",

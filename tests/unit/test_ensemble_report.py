@@ -58,6 +58,7 @@ def test_render_states_the_ratios_machine_commit_and_date():
     assert "`abc1234`" in page and "2026-01-02 03:04 UTC" in page and "2 cores (Test CPU)" in page
     assert "| direct (`digits`) | 1.00 | 2.00 | 2000 | 10.00 | 20.00 | 0.200 |" in page
     assert "4.00x in cost per request" in page  # 1 / throughput ratio
+    assert "2.50x in p50 latency at 1 client (inside the reported range)" in page
     assert "#5082" in page and "not a measurement made here" in page
 
 
