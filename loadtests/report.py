@@ -225,7 +225,7 @@ def _noise(data: dict) -> str:
 
 def section_ensemble(results_dir: Path = Path(__file__).with_name("results")) -> list[str]:
     """The headline of the newest ``ensemble-*.json`` (its own run; the page has the rest)."""
-    from loadtests.ensemble_overhead import ratios
+    from loadtests.ensemble_report import ratios
 
     files = sorted(results_dir.glob("ensemble-*.json"))
     if not files:
