@@ -28,3 +28,15 @@ def tensorrt_available() -> bool:
 
 requires_cuda = pytest.mark.skipif(not cuda_available(), reason="needs an NVIDIA GPU and onnxruntime-gpu")
 requires_tensorrt = pytest.mark.skipif(not tensorrt_available(), reason="needs an NVIDIA GPU and the tensorrt package")
+
+
+@functools.cache
+def torch_cuda_available() -> bool:
+    if shutil.which("nvidia-smi") is None or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+requires_torch_cuda = pytest.mark.skipif(not torch_cuda_available(), reason="needs an NVIDIA GPU and a CUDA build of torch")
