@@ -11,5 +11,7 @@ from __future__ import annotations
 PROCESSORS: dict[str, str] = {
     "image.decode_resize": "server.pipelines.image:DecodeResize",
     "image.size": "server.pipelines.image:ImageSize",
+    "image.digit": "server.pipelines.digits:Digit",
+    "detect.centernet": "server.pipelines.detect:CenterNetDecode",
     "classify.topk": "server.pipelines.classify:TopK",
 }

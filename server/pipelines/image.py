@@ -14,6 +14,7 @@ key            meaning                                                     defau
 ``mean``       per-channel mean subtracted after scaling (comma list)      ``0``
 ``std``        per-channel divisor after the mean (comma list)             ``1``
 ``layout``     ``NCHW`` or ``NHWC``                                        ``NCHW``
+``pad_value``  letterbox fill (0..255)                                     ``114``
 =============  ==========================================================  ===========
 
 The first input is the BYTES tensor of images (one per row), the first output the FP32
@@ -93,34 +94,48 @@ class ImageSpec:
             nchw=layout == "NCHW",
         )
 
-    def tensor(self, data: bytes) -> np.ndarray:
-        """One image -> (C, H, W) or (H, W, C) float32."""
+    def tensor(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """One image -> ((C, H, W) or (H, W, C) float32, its transform).
+
+        The transform is ``[scale_x, scale_y, pad_x, pad_y, width, height]``: a point of the
+        original image maps to ``x * scale_x + pad_x`` in the tensor, and back.
+        """
         from PIL import Image
 
         image = open_image(data, self.color)
+        width, height = image.size
         size = (self.width, self.height)
         if self.letterbox:
-            ratio = min(self.width / image.width, self.height / image.height)
-            inner = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+            ratio = min(self.width / width, self.height / height)
+            inner = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+            pad = ((size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2)
             canvas = Image.new(self.color, size, (self.pad_value,) * (3 if self.color == "RGB" else 1))
-            canvas.paste(image.resize(inner, Image.Resampling.BILINEAR), ((size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2))
+            canvas.paste(image.resize(inner, Image.Resampling.BILINEAR), pad)
             image = canvas
-        elif image.size != size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
+            transform = (inner[0] / width, inner[1] / height, pad[0], pad[1], width, height)
+        else:
+            if image.size != size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
+            transform = (size[0] / width, size[1] / height, 0, 0, width, height)
         pixels = np.asarray(image, np.float32).reshape(self.height, self.width, -1)  # (H, W, C)
         pixels = (pixels * self.scale - self.mean) / self.std
-        return pixels.transpose(2, 0, 1) if self.nchw else pixels
+        return (pixels.transpose(2, 0, 1) if self.nchw else pixels), np.asarray(transform, np.float32)
 
 
 class DecodeResize:
+    """The first output gets the batch of tensors; a second output, if the config declares
+    one (FP32, dims [6]), each image's transform (see :meth:`ImageSpec.tensor`), which
+    post-processing uses to map boxes back to the original pixels."""
+
     def setup(self, context: ModelContext) -> None:
         self.spec = ImageSpec.from_parameters(context.parameters)
         self.input = context.inputs[0].name
-        self.output = context.outputs[0].name
+        self.outputs = [spec.name for spec in context.outputs[:2]]
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = inputs[self.input].reshape(-1)
-        return {self.output: np.stack([self.spec.tensor(data) for data in images]).astype(np.float32, copy=False)}
+        done = [self.spec.tensor(data) for data in inputs[self.input].reshape(-1)]
+        arrays = (np.stack([t for t, _ in done]).astype(np.float32, copy=False), np.stack([m for _, m in done]))
+        return dict(zip(self.outputs, arrays, strict=False))
 
 
 class ImageSize:

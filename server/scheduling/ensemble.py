@@ -124,11 +124,13 @@ class EnsembleScheduler:
                 self._idle.set()
 
     async def _run(self, tensors: Outputs) -> Outputs:
+        # Optional ensemble inputs the request left out: steps reading them run without them.
+        absent = frozenset(name for name in self.plan.inputs if name not in tensors)
         pending = list(self.plan.steps)
         running: dict[asyncio.Task, Step] = {}
         try:
             while pending or running:
-                ready = [s for s in pending if all(t in tensors for _, t in s.inputs)]
+                ready = [s for s in pending if all(t in tensors or t in absent for _, t in s.inputs)]
                 for step in ready:
                     pending.remove(step)
                 if len(ready) == 1 and not running:  # a chain: no task needed
@@ -152,7 +154,7 @@ class EnsembleScheduler:
         started = time.perf_counter()
         try:
             target = self._resolve(step.model, step.version)
-            outputs = await target.run({model_name: tensors[tensor] for model_name, tensor in step.inputs})
+            outputs = await target.run({m: tensors[t] for m, t in step.inputs if t in tensors})
         except DeepserveError as exc:
             raise exc.with_prefix(f"ensemble '{self.name}' step '{step.model}': ") from None
         except Exception as exc:  # a bug below still answers with the step's name
