@@ -15,6 +15,7 @@ import torch
 
 from export.families import Family, get_family
 from export.onnx import export_onnx, ort_runner
+from export.pipelines import ImagePreprocess, write_classify_pipeline
 from export.parity import ParityReport, check_elementwise
 from export.repository import (
     FINGERPRINT_KEY,
@@ -70,8 +71,14 @@ def _entry_for(family: Family, name: str, batching: bool) -> EntryConfig:
 
 
 def build_default_repository(dest: Path, *, force: bool = False) -> None:
-    """``digits``: the trained digits CNN, fp32 ONNX, dynamically batched on one CPU instance."""
-    export_family_entry(Path(dest), get_family("digits"), "digits", force=force)
+    """``digits``: the trained digits CNN, fp32 ONNX, dynamically batched on one CPU instance;
+    ``digits_classify``: the ensemble /v1/classify calls (any image of a digit -> top-k)."""
+    dest = Path(dest)
+    export_family_entry(dest, get_family("digits"), "digits", force=force)
+    write_classify_pipeline(
+        dest, "digits_classify", "digits", ("input", "logits"), classes=10, labels=dest / "digits" / "labels.txt",
+        preprocess=ImagePreprocess("image.digit", (1, 8, 8)), top_k=10,
+    )
 
 
 def build_benchmark_repository(dest: Path, *, force: bool = False) -> None:

@@ -49,20 +49,21 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """(h, w, 3) float32: gradient + upsampled coarse noise + a few soft blobs."""
     from PIL import Image
 
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    t = (np.cos(angle) * xx + np.sin(angle) * yy) / max(w, h)  # (h, w) in about [-1.4, 1.4]
+    xs, ys = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
+    t = np.float32(np.cos(angle)) * xs[None, :] + np.float32(np.sin(angle)) * ys[:, None]  # (h, w)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    img = c0 + t[..., None] * (c1 - c0)  # (h, w, 3)
+    img = c0.astype(np.float32) + t[..., None] * (c1 - c0).astype(np.float32)  # (h, w, 3)
     grid = int(rng.integers(3, 13))
     coarse = rng.normal(0, rng.uniform(10, 45), (grid, grid, 3)).astype(np.float32)
     img += np.stack([np.asarray(Image.fromarray(coarse[..., c], "F").resize((w, h), Image.Resampling.BICUBIC))
                      for c in range(3)], axis=-1)
     for _ in range(int(rng.integers(0, 6))):  # soft blobs: round but edgeless, not circles
         cx, cy, sigma = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 60)
-        bump = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
-        img += bump[..., None] * rng.uniform(-90, 90, 3)
+        bump_x = np.exp(-((np.arange(w, dtype=np.float32) - cx) ** 2) / (2 * sigma**2))  # (w,)
+        bump_y = np.exp(-((np.arange(h, dtype=np.float32) - cy) ** 2) / (2 * sigma**2))  # (h,)
+        img += (bump_y[:, None] * bump_x[None, :])[..., None] * rng.uniform(-90, 90, 3).astype(np.float32)
     return img
 
 

@@ -41,6 +41,7 @@ class ModelMetadata:
     outputs: tuple[TensorSpec, ...]
     decoupled: bool = False  # answers 0..n responses per request: stream it
     batched: bool = False  # the leading -1 of every shape is the batch dimension
+    task: str = ""  # the config's `task` parameter: "classify", "detect", ... ("" = none)
 
 
 class InferenceService:
@@ -75,7 +76,8 @@ class InferenceService:
             m.version for m in self.repository.models() if m.name == name
         )
         return ModelMetadata(
-            name, versions, model.platform, model.inputs, model.outputs, model.decoupled, model.max_batch_size > 0
+            name, versions, model.platform, model.inputs, model.outputs, model.decoupled, model.max_batch_size > 0,
+            model.task,
         )
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:

@@ -47,6 +47,12 @@ class LoadedModel:
         return self.config.model_transaction_policy.decoupled
 
     @property
+    def task(self) -> str:
+        """What the task routes may call it for (``parameters { key: "task" }``)."""
+        parameter = self.config.parameters.get("task")
+        return parameter.string_value if parameter is not None else ""
+
+    @property
     def platform(self) -> str:
         return self.config.platform or self.config.backend
 

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.core.errors import DeepserveError
-from server.frontends.http import generate, repository, v2
+from server.frontends.http import generate, repository, tasks, v2
 from server.frontends.http.errors import handle_deepserve_error, handle_http_error
 from server.frontends.http.infer import InferRoute
 from server.frontends.http.responses import json_response
@@ -33,6 +33,7 @@ def create_app(service: InferenceService, settings: Settings, registry: Collecto
     app.include_router(v2.router)
     app.include_router(repository.router)
     app.include_router(generate.router)
+    app.include_router(tasks.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     return InferRoute(app, service, settings.max_request_bytes)
 

@@ -1,0 +1,101 @@
+"""Repository entries around a network: Python pre/post-processing steps and the ensemble
+that chains them, written as plain Triton configs (``config.pbtxt``).
+
+``write_classify_pipeline`` serves any classification network from image bytes;
+``write_detect_pipeline`` any CenterNet-style detector (``detect.centernet``'s contract).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Parameters of ``image.decode_resize`` (or another image processor)."""
+
+    processor: str = "image.decode_resize"
+    dims: tuple[int, ...] = (3, 224, 224)  # the network's input, without the batch
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def _parameters(values: dict[str, str]) -> str:
+    return ",\n  ".join(f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
+
+
+def _dims(dims) -> str:
+    return ", ".join(str(d) for d in dims)
+
+
+def _write(repo: Path, name: str, text: str) -> Path:
+    folder = repo / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(text.strip() + "\n")
+    return folder
+
+
+def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
+    maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
+    return f'{{ model_name: "{model}" model_version: -1\n      ' + "\n      ".join(maps) + " }"
+
+
+def _python(name: str, inputs: list[str], outputs: list[str], parameters: dict[str, str], instances: int = 1) -> str:
+    return f"""
+name: "{name}"
+backend: "python"
+max_batch_size: 64
+input [ {", ".join(inputs)} ]
+output [ {", ".join(outputs)} ]
+dynamic_batching {{ }}
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
+parameters [
+  {_parameters(parameters)}
+]
+"""
+
+
+def write_classify_pipeline(
+    repo: Path, name: str, network: str, network_io: tuple[str, str], classes: int, labels: Path,
+    preprocess: ImagePreprocess, top_k: int = 5,
+) -> None:
+    """``name`` (task classify): IMAGE -> ``name``_pre -> ``network`` -> ``name``_topk -> LABELS, SCORES, INDICES."""
+    k = min(top_k, classes)
+    pre, post = f"{name}_pre", f"{name}_topk"
+    _write(repo, pre, _python(
+        pre, ['{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }'],
+        [f'{{ name: "PIXELS" data_type: TYPE_FP32 dims: [ {_dims(preprocess.dims)} ] }}'],
+        {"processor": preprocess.processor, **preprocess.parameters}, instances=2,
+    ))
+    folder = _write(repo, post, _python(
+        post, [f'{{ name: "SCORES_IN" data_type: TYPE_FP32 dims: [ {classes} ] }}'],
+        [f'{{ name: "LABELS" data_type: TYPE_STRING dims: [ {k} ] }}', f'{{ name: "SCORES" data_type: TYPE_FP32 dims: [ {k} ] }}',
+         f'{{ name: "INDICES" data_type: TYPE_INT32 dims: [ {k} ] }}'],
+        {"processor": "classify.topk", "k": str(k), "labels": "labels.txt"},
+    ))
+    shutil.copy(labels, folder / "1" / "labels.txt")
+    net_in, net_out = network_io
+    steps = ",\n    ".join([
+        _step(pre, {"IMAGE": "IMAGE"}, {"PIXELS": "pixels"}),
+        _step(network, {net_in: "pixels"}, {net_out: "scores"}),
+        _step(post, {"SCORES_IN": "scores"}, {"LABELS": "LABELS", "SCORES": "SCORES", "INDICES": "INDICES"}),
+    ])
+    _write(repo, name, f"""
+name: "{name}"
+platform: "ensemble"
+max_batch_size: 64
+input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [
+  {{ name: "LABELS" data_type: TYPE_STRING dims: [ {k} ] }},
+  {{ name: "SCORES" data_type: TYPE_FP32 dims: [ {k} ] }},
+  {{ name: "INDICES" data_type: TYPE_INT32 dims: [ {k} ] }}
+]
+ensemble_scheduling {{
+  step [
+    {steps}
+  ]
+}}
+parameters [ {{ key: "task" value: {{ string_value: "classify" }} }} ]
+""")
