@@ -15,8 +15,8 @@ import torch
 
 from export.families import Family, get_family
 from export.onnx import export_onnx, ort_runner
-from export.pipelines import ImagePreprocess, write_classify_pipeline
 from export.parity import ParityReport, check_elementwise
+from export.pipelines import ImagePreprocess, write_classify_pipeline
 from export.repository import (
     FINGERPRINT_KEY,
     DynamicBatching,

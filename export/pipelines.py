@@ -99,3 +99,62 @@ ensemble_scheduling {{
 }}
 parameters [ {{ key: "task" value: {{ string_value: "classify" }} }} ]
 """)
+
+
+def write_detect_pipeline(
+    repo: Path, name: str, network: str, input_size: int, labels: tuple[str, ...],
+    network_io: tuple[str, tuple[str, str, str]] = ("image", ("heatmap", "size", "offset")),
+    stride: int = 4, score_threshold: float = 0.3, max_detections: int = 100,
+) -> None:
+    """``name`` (task detect): IMAGE -> letterbox (``name``_pre) -> ``network`` -> ``name``_post
+    (``detect.centernet``) -> boxes in the original pixels, scores, labels, count, transform."""
+    pre, post = f"{name}_pre", f"{name}_post"
+    cells, classes, k = input_size // stride, len(labels), max_detections
+    _write(repo, pre, _python(
+        pre, ['{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }'],
+        [f'{{ name: "PIXELS" data_type: TYPE_FP32 dims: [ 3, {input_size}, {input_size} ] }}',
+         '{ name: "TRANSFORM" data_type: TYPE_FP32 dims: [ 6 ] }'],
+        {"processor": "image.decode_resize", "height": str(input_size), "width": str(input_size), "resize": "letterbox"},
+        instances=2,
+    ))
+    maps = [f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ {c}, {cells}, {cells} ] }}' for n, c in
+            (("heatmap", classes), ("size", 2), ("offset", 2))]
+    options = ['{ name: "score_threshold" data_type: TYPE_FP32 dims: [ 1 ] optional: true }',
+               '{ name: "iou_threshold" data_type: TYPE_FP32 dims: [ 1 ] optional: true }',
+               '{ name: "max_detections" data_type: TYPE_INT32 dims: [ 1 ] optional: true }']
+    outputs = [f'{{ name: "boxes" data_type: TYPE_FP32 dims: [ {k}, 4 ] }}', f'{{ name: "scores" data_type: TYPE_FP32 dims: [ {k} ] }}',
+               f'{{ name: "labels" data_type: TYPE_STRING dims: [ {k} ] }}', '{ name: "count" data_type: TYPE_INT32 dims: [ 1 ] }']
+    folder = _write(repo, post, _python(
+        post, [*maps, '{ name: "transform" data_type: TYPE_FP32 dims: [ 6 ] }', *options], outputs,
+        {"processor": "detect.centernet", "stride": str(stride), "score_threshold": str(score_threshold),
+         "max_detections": str(k), "labels": "labels.txt"},
+    ))
+    (folder / "1" / "labels.txt").write_text("\n".join(labels) + "\n")
+    net_in, (heat, size, offset) = network_io
+    option_map = {o: o for o in ("score_threshold", "iou_threshold", "max_detections")}
+    steps = ",\n    ".join([
+        _step(pre, {"IMAGE": "IMAGE"}, {"PIXELS": "pixels", "TRANSFORM": "transform"}),
+        _step(network, {net_in: "pixels"}, {heat: "heatmap", size: "size", offset: "offset"}),
+        _step(post, {"heatmap": "heatmap", "size": "size", "offset": "offset", "transform": "transform", **option_map},
+              {"boxes": "boxes", "scores": "scores", "labels": "labels", "count": "count"}),
+    ])
+    joined_options, joined_outputs = ",\n  ".join(options), ",\n  ".join(outputs)
+    _write(repo, name, f"""
+name: "{name}"
+platform: "ensemble"
+max_batch_size: 64
+input [
+  {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }},
+  {joined_options}
+]
+output [
+  {joined_outputs},
+  {{ name: "transform" data_type: TYPE_FP32 dims: [ 6 ] }}
+]
+ensemble_scheduling {{
+  step [
+    {steps}
+  ]
+}}
+parameters [ {{ key: "task" value: {{ string_value: "detect" }} }} ]
+""")
