@@ -101,8 +101,13 @@ def export_model(
     calibration: CalibrationOpt = "minmax",
     keep_io_types: Annotated[bool, typer.Option(help="fp16: keep graph inputs/outputs float32")] = True,
     prune_ratio: Annotated[float, typer.Option(min=0.0, max=0.95, help="fraction pruned (channels or weights)")] = 0.5,
+    task: Annotated[str, typer.Option(help="also write the pipeline ensemble around it: classify or detect")] = "",
+    preprocess: Annotated[list[str] | None, typer.Option(help="image.decode_resize parameter KEY=VALUE (repeat), e.g. "
+                                                         "color=RGB mean=0.485,0.456,0.406")] = None,
+    labels: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="class labels, one per line")] = None,
 ) -> None:
-    """Export, check and write variants; exits 1 with the numbers when a parity check fails."""
+    """Export, check and write variants; exits 1 with the numbers when a parity check fails.
+    With --task, the ensemble NAME_TASK serves image bytes through /v1/classify or /v1/detect."""
     from export.tensorrt import GpuUnavailable
     from export.variants import export_variants
 
@@ -117,6 +122,40 @@ def export_model(
         typer.echo(art.parity.summary())
     if failed:
         _fail("parity failed, not written:\n" + "\n".join(f"  {e}" for e in failed))
+    if task:
+        from export.variants import entry_name
+
+        network = entry_name(name or fam.name, written[0].variant)
+        typer.echo(f"wrote {_pipeline(repository, fam, network, task, preprocess or [], labels)} around {network}")
+
+
+def _pipeline(repository: Path, fam, network: str, task: str, preprocess: list[str], labels: Path | None) -> str:
+    """The ensemble around an exported network, named NETWORK_TASK."""
+    from export.pipelines import ImagePreprocess, write_classify_pipeline, write_detect_pipeline
+
+    pairs = [item.partition("=") for item in preprocess]
+    if any(not sep for _, sep, _ in pairs):
+        raise typer.BadParameter("--preprocess takes KEY=VALUE")
+    options = {key: value for key, _, value in pairs}
+    names = tuple(labels.read_text().splitlines()) if labels else fam.labels
+    spec_in, spec_out = fam.spec.inputs[0], fam.spec.outputs
+    size = spec_in.shape[1:]
+    if task == "classify":
+        classes = spec_out[0].shape[-1]
+        source = labels or (repository / network / "labels.txt")
+        if not source.is_file():
+            raise typer.BadParameter("classify needs --labels (the network has no label file)")
+        params = {"height": str(size[-2]), "width": str(size[-1]), "color": "RGB" if size[0] == 3 else "L", **options}
+        write_classify_pipeline(repository, f"{network}_classify", network, (spec_in.name, spec_out[0].name), classes,
+                                source, ImagePreprocess(params.pop("processor", "image.decode_resize"), size, params))
+        return f"{network}_classify"
+    if task == "detect":
+        if not names:
+            raise typer.BadParameter("detect needs --labels")
+        write_detect_pipeline(repository, f"{network}_detect", network, int(size[-1]), tuple(names),
+                              (spec_in.name, tuple(o.name for o in spec_out[:3])))
+        return f"{network}_detect"
+    raise typer.BadParameter(f"--task must be classify or detect, not '{task}'")
 
 
 @app.command("tensorrt")
