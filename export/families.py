@@ -89,6 +89,47 @@ def _digits_family() -> Family:
                   _digits_held_out, _digits_calibration, _digits_finetune)
 
 
+# -- shapes detector ---------------------------------------------------------------------
+
+def _shapes_build(weights: Path | None) -> torch.nn.Module:
+    from models import shapes_detector
+
+    return shapes_detector.load(weights or shapes_detector.WEIGHTS).eval()
+
+
+def _shapes_held_out() -> HeldOut:
+    """32 held-out scenes, letterboxed as the server does; the parity inputs (detection
+    quality is judged by ``models.train_shapes``' COCO evaluation, not by labels here)."""
+    from models import shapes_data, shapes_detector
+
+    size = shapes_detector.config_from_metadata(_safetensors_metadata(shapes_detector.WEIGHTS)).input_size
+    scenes = shapes_data.make_scenes(shapes_data.HELDOUT_SEED, 32)
+    images = np.stack([shapes_data.letterbox(scene.image, size)[0] for scene in scenes])
+    return {"image": images}, np.zeros(len(scenes), np.int64)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str] | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def _shapes_family() -> Family:
+    from models import shapes_detector
+
+    size = shapes_detector.config_from_metadata(_safetensors_metadata(shapes_detector.WEIGHTS)).input_size
+    grid = size // shapes_detector.STRIDE
+    classes = len(shapes_detector.LABELS)
+    spec = ExportSpec(
+        inputs=(IOSpec("image", ("batch", 3, size, size)),),
+        outputs=(IOSpec("heatmap", ("batch", classes, grid, grid)), IOSpec("size", ("batch", 2, grid, grid)),
+                 IOSpec("offset", ("batch", 2, grid, grid))),
+    )
+    return Family("shapes", spec, _shapes_build, shapes_detector.WEIGHTS, None, "heatmap", _shapes_held_out,
+                  max_batch_size=16, preferred_batch_size=(4, 8))
+
+
 # -- benchmark networks (untrained, seeded) ---------------------------------------------
 
 # No labels: lossy variants are judged by top-1 agreement with fp32 on random inputs.
@@ -120,6 +161,7 @@ def _mlp_family() -> Family:
 
 FAMILIES: dict[str, Callable[[], Family]] = {
     "digits": _digits_family,
+    "shapes": _shapes_family,
     "resnet_bench": _resnet_family,
     "mlp_tiny": _mlp_family,
 }
