@@ -229,6 +229,20 @@ def test_repeat_streams_each_response_in_order_over_grpc(grpc):
     assert not answers[5][0].get_response().outputs and answers[5][0].get_response().id == "r1"
 
 
+def test_a_long_stream_does_not_hold_back_later_requests_on_the_same_grpc_stream(grpc):
+    results: queue.Queue = queue.Queue()
+    grpc.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        grpc.async_stream_infer("repeat", repeat_inputs(grpcclient, 1, 30, 20), request_id="long")
+        text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[b"quick"]], dtype=object))
+        grpc.async_stream_infer("shout", [text], request_id="quick")
+        ids = [results.get(timeout=30)[0].get_response().id for _ in range(31)]
+    finally:
+        grpc.stop_stream()
+    assert ids.count("long") == 30 and ids.index("quick") < 29  # answered while "long" was still streaming
+
+
 def sse_events(response: httpx.Response) -> Iterator[dict]:
     import json
 

@@ -59,7 +59,7 @@ async def run_stream(service, messages: list[pb.ModelInferRequest]) -> list[pb.M
 async def test_responses_keep_request_order_and_errors_stay_in_band():
     # the first request is the slowest: responses must still come out in request order
     answers = await run_stream(FakeService(), [message("m", 5, "0"), message("m", None, "1"), message("m", 1, "2")])
-    assert [a.infer_response.id for a in answers] == ["0", "", "2"]
+    assert [a.infer_response.id for a in answers] == ["0", "1", "2"]  # an error names its request too
     assert answers[1].error_message.startswith("INVALID_ARGUMENT") and "empty" in answers[1].error_message
     assert np.frombuffer(answers[2].infer_response.raw_output_contents[0], np.float32).tolist() == [2.0]
 

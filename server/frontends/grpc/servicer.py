@@ -126,14 +126,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests run concurrently (so they can batch); responses go out in request order.
+        """Requests run concurrently (so they can batch). Responses of unary models go out in
+        request order; a decoupled model's responses go out as they are produced, between
+        the others (clients match them by request id, as with Triton).
 
         A request's failure is one response with ``error_message``; the stream stays open.
         ::
 
-            reader:  msg0 msg1 msg2 ...   -> one task + one channel each, channels queued in order
-            writer:  drain channel0 until its end marker, then channel1, ...
+            reader:    msg0 msg1 msg2 ...  -> one task each; a unary one gets a channel, queued in order
+            forwarder: drain channel0 until its end marker, then channel1, ... -> out
+            decoupled tasks --------------------------------------------------------> out
+            writer:    out -> the client
         """
+        out: asyncio.Queue = asyncio.Queue()
         order: asyncio.Queue[asyncio.Queue | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task] = set()
@@ -142,32 +147,59 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 async for message in request_iterator:
                     await slots.acquire()
-                    channel: asyncio.Queue = asyncio.Queue()
-                    task = asyncio.create_task(self._stream_one(message, channel))
+                    request, decoupled = self._decode_for_stream(message)
+                    channel: asyncio.Queue = out if decoupled else asyncio.Queue()
+                    task = asyncio.create_task(self._stream_one(message, request, decoupled, channel))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                    order.put_nowait(channel)
+                    if decoupled:
+                        task.add_done_callback(lambda _: slots.release())
+                    else:
+                        order.put_nowait(channel)
             finally:
                 order.put_nowait(None)
 
-        reader = asyncio.create_task(read())
-        try:
+        async def forward() -> None:
             while (channel := await order.get()) is not None:
                 while (item := await channel.get()) is not None:
-                    yield item
+                    out.put_nowait(item)
                 slots.release()
-            await reader  # a broken request stream ends the call with its error
+
+        async def finish() -> None:
+            try:
+                await reader
+            finally:
+                await forwarder
+                await asyncio.gather(*tasks, return_exceptions=True)
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        forwarder = asyncio.create_task(forward())
+        finisher = asyncio.create_task(finish())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+            await finisher  # a broken request stream ends the call with its error
         finally:
-            reader.cancel()
-            for task in list(tasks):
+            for task in (reader, forwarder, finisher, *tasks):
                 task.cancel()
 
-    async def _stream_one(self, message: pb.ModelInferRequest, channel: asyncio.Queue) -> None:
-        """All responses of one stream request into ``channel``, then ``None``."""
+    def _decode_for_stream(self, message: pb.ModelInferRequest) -> tuple[InferenceRequest | Exception, bool]:
+        """The request (or why it cannot be run) and whether its model is decoupled."""
         try:
             request = self._decode(message)
+            return request, self._decoupled(request)
+        except Exception as exc:  # answered in band, in request order
+            return exc, False
+
+    async def _stream_one(
+        self, message: pb.ModelInferRequest, request: InferenceRequest | Exception, decoupled: bool, channel: asyncio.Queue
+    ) -> None:
+        """All responses of one stream request into ``channel`` (then ``None`` for a unary one)."""
+        try:
+            if isinstance(request, Exception):
+                raise request
             enable_empty_final = bool(request.parameters.pop(codec.ENABLE_EMPTY_FINAL, False))
-            decoupled = self._decoupled(request)
             async for response in self._service.infer_stream(request):
                 # Non-decoupled: one response, which is the final one.
                 final = (not decoupled) if enable_empty_final else None
@@ -178,9 +210,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             code, details = status_for(exc)
             if not isinstance(exc, DeepserveError):
                 log.exception("a ModelStreamInfer request failed")
-            channel.put_nowait(pb.ModelStreamInferResponse(error_message=f"{code.name}: {details}"))
+            error = pb.ModelStreamInferResponse(error_message=f"{code.name}: {details}")
+            error.infer_response.id = message.id  # which request failed, for clients with several in flight
+            channel.put_nowait(error)
         finally:
-            channel.put_nowait(None)
+            if not decoupled:
+                channel.put_nowait(None)
 
     def _decode(self, message: pb.ModelInferRequest) -> InferenceRequest:
         if self._service.shutting_down:
