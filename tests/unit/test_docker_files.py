@@ -100,6 +100,7 @@ def exported_metric_names() -> frozenset[str]:
     registry_metrics = metrics_module.Metrics()
     model = registry_metrics.model("m", "1")
     model.failure("INVALID")
+    model.step("s").observe(0.001)  # an ensemble step series exists once a step ran
     names = {sample.name for family in registry_metrics.registry.collect() for sample in family.samples}
     gpu = set(re.findall(r"deepserve_gpu_[a-z_]+", metrics_module.__doc__ or ""))
     assert gpu, "the metrics docstring names no GPU gauge"
