@@ -16,7 +16,7 @@ import torch
 from export.families import Family, get_family
 from export.onnx import export_onnx, ort_runner
 from export.parity import ParityReport, check_elementwise
-from export.pipelines import ImagePreprocess, write_classify_pipeline
+from export.pipelines import ImagePreprocess, write_classify_pipeline, write_detect_pipeline
 from export.repository import (
     FINGERPRINT_KEY,
     DynamicBatching,
@@ -72,13 +72,19 @@ def _entry_for(family: Family, name: str, batching: bool) -> EntryConfig:
 
 def build_default_repository(dest: Path, *, force: bool = False) -> None:
     """``digits``: the trained digits CNN, fp32 ONNX, dynamically batched on one CPU instance;
-    ``digits_classify``: the ensemble /v1/classify calls (any image of a digit -> top-k)."""
+    ``digits_classify``: the ensemble /v1/classify calls (any image of a digit -> top-k);
+    ``shapes``: the shapes detector, fp32 ONNX; ``shapes_detect``: the ensemble /v1/detect calls."""
+    from models import shapes_detector
+
     dest = Path(dest)
     export_family_entry(dest, get_family("digits"), "digits", force=force)
     write_classify_pipeline(
         dest, "digits_classify", "digits", ("input", "logits"), classes=10, labels=dest / "digits" / "labels.txt",
         preprocess=ImagePreprocess("image.digit", (1, 8, 8)), top_k=10,
     )
+    shapes = get_family("shapes")
+    export_family_entry(dest, shapes, "shapes", force=force)
+    write_detect_pipeline(dest, "shapes_detect", "shapes", shapes.spec.inputs[0].shape[-1], shapes_detector.LABELS)
 
 
 def build_benchmark_repository(dest: Path, *, force: bool = False) -> None:

@@ -196,6 +196,14 @@ def letterbox_geometry(width: int, height: int, size: int) -> tuple[float, int, 
     return scale, inner_w, inner_h, (size - inner_w) // 2, (size - inner_h) // 2
 
 
+def letterbox_transform(width: int, height: int, size: int) -> np.ndarray:
+    """float32 ``[scale_x, scale_y, pad_x, pad_y, width, height]``, as the server's
+    ``image.decode_resize`` reports it: the exact per-axis map of the resize (``inner / width``,
+    within half a pixel of ``scale``), so a point goes to ``x * scale_x + pad_x`` and back."""
+    _, inner_w, inner_h, pad_x, pad_y = letterbox_geometry(width, height, size)
+    return np.asarray((inner_w / width, inner_h / height, pad_x, pad_y, width, height), np.float32)
+
+
 def letterbox_uint8(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
     """(size, size, 3) uint8 letterboxed RGB, scale, pad_x, pad_y; see ``letterbox``."""
     from PIL import Image
@@ -214,7 +222,9 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int
     ``server/pipelines/image.py`` with ``resize=letterbox``: Pillow BILINEAR resize by
     ``scale = min(size/W, size/H)`` to ``(round(W*scale), round(H*scale))`` (each >= 1), pasted
     at ``((size-w)//2, (size-h)//2)`` on a 114-grey canvas, then ``* (1/255)`` in float32.
-    A point maps to input pixels as ``x * scale + pad_x`` and back as ``(x - pad_x) / scale``.
+    ``scale`` is the ratio the size was chosen by; the resize itself is exactly
+    ``round(W * scale) / W`` in x (and likewise in y), which ``letterbox_transform`` gives and
+    both training and evaluation use to map boxes.
     """
     pixels, scale, pad_x, pad_y = letterbox_uint8(image, size)
     return (pixels.astype(np.float32) * (1 / 255)).transpose(2, 0, 1), scale, pad_x, pad_y

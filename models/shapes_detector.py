@@ -127,7 +127,8 @@ def decode(
 
 
 def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = 0.5) -> np.ndarray:
-    """Indices to keep (best first): greedy NMS within each class."""
+    """Indices to keep (best first): greedy NMS within each class; a box goes when its IoU
+    with a better box of its class exceeds ``iou`` (as the server's ``detect.centernet``)."""
     order = np.argsort(-scores, kind="stable")
     area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
     keep = []
@@ -137,7 +138,7 @@ def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, i
         w = (np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0])).clip(0)
         h = (np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1])).clip(0)
         overlap = w * h / np.maximum(area[best] + area[rest] - w * h, 1e-9)
-        order = rest[(overlap < iou) | (labels[rest] != labels[best])]
+        order = rest[(overlap <= iou) | (labels[rest] != labels[best])]
     return np.asarray(keep, np.int64)
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import typer
 
 from models import shapes_detector
-from models.shapes_data import CLASSES, HELDOUT_SEED, TRAIN_SEED, letterbox_uint8, make_scene
+from models.shapes_data import CLASSES, HELDOUT_SEED, TRAIN_SEED, letterbox_transform, letterbox_uint8, make_scene
 
 RESULTS = Path(__file__).parent / "results" / "shapes_detector.json"
 
@@ -55,16 +55,17 @@ class Prepared:
     boxes: list[np.ndarray]  # (K, 4) float32 x1y1x2y2 in input pixels
     labels: list[np.ndarray]  # (K,) int64
     original_boxes: list[np.ndarray]  # (K, 4) in the original image's pixels
-    geometry: np.ndarray  # (N, 5) float64: scale, pad_x, pad_y, width, height
+    transform: np.ndarray  # (N, 6) float32: scale_x, scale_y, pad_x, pad_y, width, height (the server's)
 
 
 def _prepare_one(args: tuple[int, int, int]) -> tuple:
     seed, index, size = args
     scene = make_scene(np.random.default_rng([seed, index]))  # the same scene as make_scenes(seed, n)[index]
-    pixels, scale, pad_x, pad_y = letterbox_uint8(scene.image, size)
-    boxes = scene.boxes * scale + np.array([pad_x, pad_y, pad_x, pad_y], np.float32)
+    pixels = letterbox_uint8(scene.image, size)[0]  # (S, S, 3)
     h, w = scene.image.shape[:2]
-    return pixels.transpose(2, 0, 1).copy(), boxes.astype(np.float32), scene.labels, scene.boxes, (scale, pad_x, pad_y, w, h)
+    transform = letterbox_transform(w, h, size)
+    boxes = scene.boxes * np.tile(transform[:2], 2) + np.tile(transform[2:4], 2)  # (K, 4) input pixels
+    return pixels.transpose(2, 0, 1).copy(), boxes.astype(np.float32), scene.labels, scene.boxes, transform
 
 
 def prepare(seed: int, n: int, size: int, workers: int = 2) -> Prepared:
@@ -78,7 +79,7 @@ def prepare(seed: int, n: int, size: int, workers: int = 2) -> Prepared:
     return Prepared(
         pixels=torch.from_numpy(np.stack([r[0] for r in rows])),
         boxes=[r[1] for r in rows], labels=[r[2] for r in rows], original_boxes=[r[3] for r in rows],
-        geometry=np.asarray([r[4] for r in rows], np.float64),
+        transform=np.stack([r[4] for r in rows]),
     )
 
 
@@ -188,9 +189,9 @@ def detect(model: shapes_detector.ShapesDetector, data: Prepared, score_threshol
         for k in range(len(image)):
             boxes, scores, labels = shapes_detector.decode(heat[k], size[k], offset[k], score_threshold, max_detections)
             keep = shapes_detector.class_aware_nms(boxes, scores, labels, 0.5)
-            scale, pad_x, pad_y, w, h = data.geometry[start + k]
-            boxes = (boxes[keep] - np.array([pad_x, pad_y, pad_x, pad_y])) / scale
-            boxes = boxes.clip(0, [w, h, w, h]).astype(np.float32)
+            scale_x, scale_y, pad_x, pad_y, w, h = data.transform[start + k]  # as detect.centernet maps back
+            boxes = (boxes[keep] - np.array([pad_x, pad_y] * 2)) / np.array([scale_x, scale_y] * 2)
+            boxes = boxes.clip(0, np.array([w, h, w, h])).astype(np.float32)
             out.append((boxes, scores[keep], labels[keep]))
     return out
 
@@ -203,7 +204,7 @@ def coco_map(data: Prepared, detections: list[tuple[np.ndarray, np.ndarray, np.n
     images, annotations, results = [], [], []
     for k, (gt_boxes, gt_labels, (boxes, scores, labels)) in enumerate(
             zip(data.original_boxes, data.labels, detections, strict=True)):
-        images.append({"id": k, "width": int(data.geometry[k, 3]), "height": int(data.geometry[k, 4])})
+        images.append({"id": k, "width": int(data.transform[k, 4]), "height": int(data.transform[k, 5])})
         for (x1, y1, x2, y2), c in zip(gt_boxes.tolist(), gt_labels.tolist(), strict=True):
             annotations.append({"id": len(annotations) + 1, "image_id": k, "category_id": c + 1, "iscrowd": 0,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
@@ -220,7 +221,8 @@ def coco_map(data: Prepared, detections: list[tuple[np.ndarray, np.ndarray, np.n
         ev.accumulate()
         ev.summarize()
     precision = ev.eval["precision"][0, :, :, 0, 2]  # (recall points, classes) at IoU 0.5, all areas, 100 dets
-    ap50 = {name: float(precision[:, c][precision[:, c] > -1].mean()) for c, name in enumerate(CLASSES)}
+    ap50 = {name: float(p[p > -1].mean()) if (p > -1).any() else None  # None: no such object in the set
+            for name, p in zip(CLASSES, precision.T, strict=True)}
     return {"map50": float(ev.stats[1]), "map50_95": float(ev.stats[0]), "ap50": ap50}
 
 
