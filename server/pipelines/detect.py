@@ -30,8 +30,10 @@ def peaks(heatmap: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.n
     """(classes, rows, cols, scores) of the ``limit`` best 3x3 local maxima of (C, h, w)."""
     c, h, w = heatmap.shape
     padded = np.pad(heatmap, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))  # (C, h, w, 3, 3)
-    is_peak = heatmap >= windows.max(axis=(3, 4))
+    # The 3x3 maximum as two 1-D maxima of shifted views (contiguous, ~10x a windowed reduce).
+    across = np.maximum(np.maximum(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])  # (C, h + 2, w)
+    local = np.maximum(np.maximum(across[:, :-2], across[:, 1:-1]), across[:, 2:])  # (C, h, w)
+    is_peak = heatmap >= local
     scores = np.where(is_peak, heatmap, 0.0).reshape(-1)
     top = np.argpartition(-scores, min(limit, scores.size - 1))[:limit] if scores.size > limit else np.arange(scores.size)
     top = top[np.argsort(-scores[top], kind="stable")]

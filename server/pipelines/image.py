@@ -117,8 +117,12 @@ class ImageSpec:
             if image.size != size:
                 image = image.resize(size, Image.Resampling.BILINEAR)
             transform = (size[0] / width, size[1] / height, 0, 0, width, height)
-        pixels = np.asarray(image, np.float32).reshape(self.height, self.width, -1)  # (H, W, C)
-        pixels = (pixels * self.scale - self.mean) / self.std
+        pixels = np.array(image, np.float32).reshape(self.height, self.width, -1)  # (H, W, C), our own copy
+        pixels *= self.scale  # in place: one pass each, no temporaries
+        if self.mean.any():
+            pixels -= self.mean
+        if (self.std != 1).any():
+            pixels /= self.std
         return (pixels.transpose(2, 0, 1) if self.nchw else pixels), np.asarray(transform, np.float32)
 
 
