@@ -6,7 +6,9 @@ Two kinds of check, picked by variant:
   tolerance, on random inputs at several batch sizes and on real held-out inputs;
 - by the task (int8, pruned): the task metric on held-out data may drop at most
   ``max_metric_drop`` below fp32's, and top-1 must agree with fp32 on at least
-  ``min_top1_agreement`` of the held-out inputs.
+  ``min_top1_agreement`` of the held-out inputs. The task metric is top-1 accuracy unless
+  the family declares its own :class:`TaskMetric` (a detector: mAP); then that metric is
+  compared, and the family's own agreement measure (if any) stands in for top-1 agreement.
 
 A failed check raises :class:`ParityError`, whose message carries the numbers.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +29,29 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
+class TaskMetric:
+    """How a family's lossy variants are judged when top-1 accuracy does not apply.
+
+    ``predict`` runs an artifact over the family's held-out set once; ``score`` turns those
+    predictions into the metric (higher is better; ``max_metric_drop`` is in its units);
+    ``agreement`` compares fp32's predictions with a variant's, in [0, 1], and is held to
+    ``min_top1_agreement`` in place of top-1 agreement. Without ``agreement`` only the
+    metric is checked, and the reports say so.
+    """
+
+    name: str  # "mAP@0.5", as reports and parity summaries print it
+    predict: Callable[[Runner], Any]  # runner -> predictions on the held-out set
+    score: Callable[[Any], float]  # predictions -> metric, higher is better
+    samples: int  # held-out inputs ``predict`` runs
+    agreement: Callable[[Any, Any], float] | None = None  # (fp32's predictions, the variant's) -> [0, 1]
+    agreement_name: str = ""  # e.g. "box agreement"
+    description: str = ""  # one line for reports: the data, the metric and the agreement measure
+
+    def evaluate(self, run: Runner) -> float:
+        return self.score(self.predict(run))
+
+
+@dataclass(frozen=True)
 class ParityReport:
     variant: str
     kind: str  # "elementwise" or "metric"
@@ -34,9 +60,11 @@ class ParityReport:
     max_abs_err: float = 0.0  # element-wise
     worst_excess: float = 0.0  # max(|err| - (atol + rtol*|want|)); <= 0 means within tolerance
     tolerance: str = ""
-    metric: float | None = None  # the variant's held-out metric (accuracy)
+    metric: float | None = None  # the variant's held-out metric (accuracy, or the family's TaskMetric)
     reference_metric: float | None = None  # fp32 torch's held-out metric
-    top1_agreement: float | None = None
+    top1_agreement: float | None = None  # agreement with fp32: top-1, or the family's own measure
+    metric_name: str = "accuracy"
+    agreement_name: str = "top-1 agreement"
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
@@ -46,10 +74,10 @@ class ParityReport:
         where = "held-out" if self.metric is not None else "random"
         parts = [f"{self.variant}: {verdict} on {self.n_inputs} {where} inputs"]
         if self.metric is not None and self.reference_metric is not None:
-            parts.append(f"accuracy {self.metric:.4f} vs fp32 {self.reference_metric:.4f} "
+            parts.append(f"{self.metric_name} {self.metric:.4f} vs fp32 {self.reference_metric:.4f} "
                          f"(delta {100 * (self.metric - self.reference_metric):+.2f} pt)")
         if self.top1_agreement is not None:
-            parts.append(f"top-1 agreement {self.top1_agreement:.4f}")
+            parts.append(f"{self.agreement_name} {self.top1_agreement:.4f}")
         return ", ".join(parts) + f" (tolerance {self.tolerance})"
 
 
@@ -104,11 +132,18 @@ def check_metric(
     reference: torch.nn.Module,
     run: Runner,
     spec: ExportSpec,
-    held_out: tuple[dict[str, np.ndarray], np.ndarray],
+    held_out: tuple[dict[str, np.ndarray], np.ndarray] | None = None,
     batch_size: int = 64,
+    *,
+    task: TaskMetric | None = None,
 ) -> ParityReport:
-    """Top-1 accuracy of the artifact vs the fp32 torch ``reference`` on held-out data."""
+    """Top-1 accuracy of the artifact vs the fp32 torch ``reference`` on held-out data;
+    with ``task``, the family's own metric (and agreement measure) instead."""
     tol = spec.metric_tolerance(variant)
+    if task is not None:
+        return _check_task_metric(variant, reference, run, spec, task, tol)
+    if held_out is None:
+        raise ValueError("check_metric needs held-out data or a task metric")
     feed, labels = held_out
     n = len(labels)
     want, got = [], []
@@ -125,6 +160,29 @@ def check_metric(
     passed = (ref_acc - acc) <= tol.max_metric_drop + 1e-9 and agreement >= tol.min_top1_agreement
     report = ParityReport(variant, "metric", passed, n, metric=acc, reference_metric=ref_acc,
                           top1_agreement=agreement, tolerance=_fmt(tol))
+    if not passed:
+        raise ParityError(report)
+    return report
+
+
+def torch_runner(module: torch.nn.Module, spec: ExportSpec) -> Runner:
+    """The torch module as a :data:`Runner` (what artifacts are compared with)."""
+    return lambda feed: torch_outputs(module, spec, feed)
+
+
+def _check_task_metric(
+    variant: str, reference: torch.nn.Module, run: Runner, spec: ExportSpec, task: TaskMetric, tol: MetricTolerance
+) -> ParityReport:
+    want = task.predict(torch_runner(reference, spec))
+    got = task.predict(run)
+    ref_metric, metric = float(task.score(want)), float(task.score(got))
+    agreement = float(task.agreement(want, got)) if task.agreement is not None else None
+    passed = (ref_metric - metric) <= tol.max_metric_drop + 1e-9
+    if agreement is not None:
+        passed = passed and agreement >= tol.min_top1_agreement
+    report = ParityReport(variant, "metric", passed, task.samples, metric=metric, reference_metric=ref_metric,
+                          top1_agreement=agreement, tolerance=_fmt(tol, task), metric_name=task.name,
+                          agreement_name=task.agreement_name or "agreement")
     if not passed:
         raise ParityError(report)
     return report
@@ -152,7 +210,12 @@ def _same_shape(variant: str, got: np.ndarray, want: np.ndarray) -> None:
                                        tolerance=f"output shape {got.shape} != fp32's {want.shape}"))
 
 
-def _fmt(tol: Tolerance | MetricTolerance) -> str:
+def _fmt(tol: Tolerance | MetricTolerance, task: TaskMetric | None = None) -> str:
     if isinstance(tol, Tolerance):
         return f"atol={tol.atol:g}, rtol={tol.rtol:g}"
-    return f"drop <= {100 * tol.max_metric_drop:g} pt, top-1 agreement >= {tol.min_top1_agreement:g}"
+    if task is None:
+        return f"drop <= {100 * tol.max_metric_drop:g} pt, top-1 agreement >= {tol.min_top1_agreement:g}"
+    drop = f"{task.name} drop <= {100 * tol.max_metric_drop:g} pt"
+    if task.agreement is None:
+        return f"{drop}; no agreement check (the family declares no agreement measure)"
+    return f"{drop}, {task.agreement_name or 'agreement'} >= {tol.min_top1_agreement:g}"

@@ -32,7 +32,7 @@ class Row:
     p50_b1_ms: float
     p50_pref_ms: float
     throughput: float  # samples/s at the preferred batch
-    metric: float | None  # held-out top-1 accuracy (None: no labelled data)
+    metric: float | None  # held-out top-1 accuracy, or the family's TaskMetric (None: no labelled data)
     parity: str
 
 
@@ -56,6 +56,9 @@ def runner_for(artifact: Artifact, family: Family, threads: int) -> tuple[Runner
 
 
 def accuracy(run: Runner, family: Family) -> float | None:
+    """The family's held-out metric for ``run``: its own TaskMetric, else top-1 accuracy."""
+    if family.metric is not None:
+        return family.metric.evaluate(run)
     if family.held_out is None:
         return None
     feed, labels = family.held_out()
@@ -86,12 +89,13 @@ def measure_rows(family: Family, artifacts: list[Artifact], threads: int | None 
 def to_markdown(family: Family, rows: list[Row], command: str) -> str:
     pref = max(family.preferred_batch_size)
     base = next((r for r in rows if r.variant == "fp32"), rows[0])
+    task = family.metric
     head = (f"| variant | runtime | file size | fp32 size / size | params | MFLOPs/sample | fp32 FLOPs / FLOPs "
             f"| p50 b=1 (ms) | p50 b={pref} (ms) | throughput b={pref} (/s) | throughput vs fp32 "
-            f"| held-out accuracy | Δ vs fp32 (pt) | parity |")
+            f"| held-out {task.name if task else 'accuracy'} | Δ vs fp32 (pt) | parity |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        acc = f"{100 * r.metric:.2f} %" if r.metric is not None else "n/a"
+        acc = "n/a" if r.metric is None else f"{r.metric:.4f}" if task else f"{100 * r.metric:.2f} %"
         delta = f"{100 * (r.metric - base.metric):+.2f}" if r.metric is not None and base.metric is not None else "n/a"
         lines.append(
             f"| {r.variant} | {r.runtime} | {r.size_bytes / 1024:.1f} KiB | {base.size_bytes / r.size_bytes:.2f}x "
@@ -107,7 +111,9 @@ def to_markdown(family: Family, rows: list[Row], command: str) -> str:
         ("Parameters are nonzero ones for sparse variants; FLOPs are torch's count for one sample "
          "(2 per multiply-add), unchanged by quantization or by zeroed weights."),
         ("Latency is the median of single in-process calls (best of 5 interleaved rounds); "
-         f"throughput = {pref} / p50 at batch {pref}."), "",
+         f"throughput = {pref} / p50 at batch {pref}."),
+        *([f"Held-out {task.name}: {task.description}. Δ is in points of {task.name} (0.01 = 1 pt)."]
+          if task else []), "",
     ])
 
 

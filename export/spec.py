@@ -47,8 +47,10 @@ class Tolerance:
 class MetricTolerance:
     """For lossy variants (int8, pruned): judged by the task, not element-wise."""
 
-    max_metric_drop: float  # absolute, on held-out data (0.01 = one accuracy point)
-    min_top1_agreement: float  # fraction of held-out inputs whose top-1 matches fp32
+    max_metric_drop: float  # absolute, on held-out data, in the metric's units (0.01 = one accuracy point)
+    # Fraction of held-out inputs whose top-1 matches fp32; for a family with its own
+    # TaskMetric, the floor of that metric's agreement measure (e.g. box agreement).
+    min_top1_agreement: float
 
 
 ELEMENTWISE_TOLERANCES: dict[str, Tolerance] = {

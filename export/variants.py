@@ -12,6 +12,8 @@
     trt-fp16       TensorRT plan, FP16 (GPU)                  element-wise vs torch
     trt-int8       TensorRT plan from the QDQ model (GPU)     task metric + top-1 agreement vs fp32
 
+A family that declares its own task metric (``Family.metric``, e.g. the detector's mAP)
+is judged by that metric and its agreement measure instead of accuracy and top-1.
 Families without labelled data (the benchmark nets) are judged by top-1 agreement on
 random inputs. Nothing is written for a variant whose check fails.
 """
@@ -149,6 +151,8 @@ class VariantBuilder:
     def check(self, variant: str, reference: torch.nn.Module, run: Runner) -> ParityReport:
         if variant in ELEMENTWISE:
             return check_elementwise(variant, reference, run, self.spec, self._held_inputs())
+        if self.family.metric is not None:
+            return check_metric(variant, reference, run, self.spec, task=self.family.metric)
         if self.family.held_out is not None:
             return check_metric(variant, reference, run, self.spec, self.family.held_out())
         return check_agreement(variant, reference, run, self.spec, self.spec.random_inputs({"batch": 256}, seed=99))
