@@ -45,10 +45,13 @@ def evaluate(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     images = [draw(x[0], rng, i % 2 == 1, i % 3 == 0) for i, x in enumerate(split.x_test)]
     pixels = np.stack([digit_tensor(data) for data in images])
+    network = digits_cnn.load().eval()
     with torch.inference_mode():
-        predicted = digits_cnn.load().eval()(torch.from_numpy(pixels)).argmax(dim=1).numpy()
-    correct = int((predicted == split.y_test).sum())
-    return {"images": len(images), "correct": correct, "accuracy": correct / len(images)}
+        predicted = network(torch.from_numpy(pixels)).argmax(dim=1).numpy()
+        plain = network(torch.from_numpy(split.x_test)).argmax(dim=1).numpy()  # the 8x8 tensors themselves
+    correct, plain_correct = int((predicted == split.y_test).sum()), int((plain == split.y_test).sum())
+    return {"images": len(images), "correct": correct, "accuracy": correct / len(images),
+            "tensor_correct": plain_correct, "tensor_accuracy": plain_correct / len(images)}
 
 
 def main(

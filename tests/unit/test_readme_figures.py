@@ -55,3 +55,12 @@ def test_overhead_row_is_the_batching_figure_and_litserve_range_is_complete():
     row = next(line for line in block.splitlines() if "LitServe" in line and line.startswith("| deepserve"))
     shown = [float(x) for x in re.findall(r"(\d+\.\d+)(?=[–x])", row)]
     assert min(shown) == min(ratios) and max(shown) == max(ratios)
+
+
+def test_readme_model_table_matches_the_model_results():
+    from models import summary
+
+    text = _readme()
+    assert summary.generate(text) == text, (
+        "README.md's default-model table differs from models/results/; run `python -m models.summary`"
+    )
