@@ -33,7 +33,7 @@ class InProcessPoint:
 def load_like_server(model_dir: Path) -> tuple[OnnxRuntime, RuntimeOptions]:
     config = read_config(model_dir)
     cpu_instances = sum(1 for d in instance_devices(config) if d == "cpu")
-    options = runtime_options(config, "cpu", cpu_instances, LoadOptions())
+    options = runtime_options(config, "1", "cpu", cpu_instances, LoadOptions())
     runtime = OnnxRuntime()
     runtime.load(model_dir / "1" / "model.onnx", options)
     return runtime, options
