@@ -31,10 +31,11 @@ lint: install
 	promtool check rules docker/prometheus/alerts.yml
 
 bench: install
+	$(PY) -m loadtests.ensemble_overhead --out docs/benchmarks-ensemble.md --json loadtests/results/ensemble-$(shell date -u +%F).json
+	$(PY) -m loadtests.detect_bench --out docs/benchmarks-detect.md --json loadtests/results/detect-$(shell date -u +%F).json
 	$(PY) -m loadtests.bench --out docs/benchmarks.md
 	$(PY) -m loadtests.grpc_vs_http --out docs/benchmarks-grpc.md
 	$(PY) -m loadtests.readme_summary --bench-json loadtests/results/bench-latest.json
-	$(PY) -m loadtests.ensemble_overhead --out docs/benchmarks-ensemble.md --json loadtests/results/ensemble-$(shell date -u +%F).json
 
 clean:
 	rm -rf $(VENV) model_repository

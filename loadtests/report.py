@@ -250,6 +250,23 @@ def section_ensemble(results_dir: Path = Path(__file__).with_name("results")) ->
     ]
 
 
+def section_detect(results_dir: Path = Path(__file__).with_name("results")) -> list[str]:
+    """The requirement's verdict from the newest ``detect-*.json`` (its own run)."""
+    from loadtests.detect_report import verdict
+
+    files = sorted(results_dir.glob("detect-*.json"))
+    if not files:
+        return ["Not measured yet: `python -m loadtests.detect_bench`."]
+    results = json.loads(files[-1].read_text())
+    return [
+        (f"`loadtests/detect_bench.py`, a separate run (`{files[-1].name}`; p50 / p99 at 1 and 32 clients, where the "
+         "time goes, method and raw figures in `docs/benchmarks-detect.md`): 32 clients uploading 640x480 JPEGs "
+         "to `/v1/detect` against the detector's best in-process throughput on pre-decoded tensors, target >= 0.7."),
+        "",
+        f"* {verdict(results)}",
+    ]
+
+
 def render(data: dict) -> str:
     fig = Figures(data)
     meta = data["meta"]
@@ -318,6 +335,10 @@ def render(data: dict) -> str:
         "## 5. Ensemble overhead",
         "",
         *section_ensemble(),
+        "",
+        "## 6. Detection: `/v1/detect` vs the detector in-process",
+        "",
+        *section_detect(),
         "",
         "## Exact configurations",
         "",
