@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.detect_report import ENSEMBLE, NETWORK, STEPS, TARGET, headline, render  # noqa: F401 (re-exported)
-from loadtests.ensemble_overhead import _git, _machine, _pool, _stats_delta, _wait_for_quiet
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
+from loadtests.runinfo import finish, git, machine, pool, quantiles, stats_delta, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 31_337  # the bench's own scenes: neither shapes_data.TRAIN_SEED nor HELDOUT_SEED
@@ -193,14 +193,6 @@ class Phase:
         self.errors += 1
         if len(self.messages) < 5:
             self.messages.append(f"{type(exc).__name__}: {exc}"[:300])
-
-
-def _quantiles(samples: list[float]) -> dict:
-    ordered = sorted(samples)
-    if not ordered:
-        return {"p50_ms": None, "p99_ms": None, "mean_ms": None}
-    return {"p50_ms": statistics.median(ordered), "p99_ms": ordered[int(0.99 * (len(ordered) - 1))],
-            "mean_ms": statistics.fmean(ordered)}
 
 
 class Client:
@@ -352,7 +344,7 @@ async def measure(base_url: str, server_pid: int, repo: Path, scenes: list, args
             inprocess_point(runtime, input_name, pixels, batch, 0.3, server_pid)
         quiet, budget = [], args.quiet_wait
         for index in range(args.rounds):
-            seen = await _wait_for_quiet(server_pid, args.quiet_cores, budget)
+            seen = await wait_for_quiet(server_pid, args.quiet_cores, budget)
             budget = max(0.0, budget - seen["waited_s"])
             quiet.append(seen)
             order = ("a", "b") if index % 2 == 0 else ("b", "a")
@@ -392,9 +384,9 @@ async def measure(base_url: str, server_pid: int, repo: Path, scenes: list, args
     for key in ("c1", "cN"):
         fields = ("rps", "server_cores", "client_cores", "server_cpu_ms", "client_cpu_ms")
         detect[key] = {f: statistics.median(r[key][f] for r in rounds) for f in fields}
-        detect[key].update(_quantiles(samples[key]), samples=len(samples[key]),
+        detect[key].update(quantiles(samples[key]), samples=len(samples[key]),
                            errors=sum(r[key]["errors"] for r in rounds))
-        detect["stats"][key] = {"by_round": detect["stats"][key], "pooled": _pool(detect["stats"][key])}
+        detect["stats"][key] = {"by_round": detect["stats"][key], "pooled": pool(detect["stats"][key])}
     phases = [p for r in rounds for p in (r["c1"], r["cN"], *r["inprocess"].values())]
     wall = sum(p["seconds"] for p in phases)
     steps = {f: statistics.median(r["steps"][f] for r in rounds) for f in rounds[0]["steps"] if f != "images"}
@@ -444,14 +436,14 @@ async def _http_phase(client: Client, server_pid: int, key: str, args: argparse.
     server_s, client_s = server1 - server0, client1 - client0
     done = max(1, attempted)
     figures = {
-        **_quantiles(phase.samples_ms),
+        **quantiles(phase.samples_ms),
         "requests": attempted, "errors": phase.errors, "seconds": wall,
         "rps": len(phase.samples_ms) / elapsed,
         "server_cores": server_s / wall, "client_cores": client_s / wall,
         "server_cpu_ms": server_s * 1e3 / done, "client_cpu_ms": client_s * 1e3 / done,
         "others_cores": max(0.0, (busy1 - busy0 - server_s - client_s) / wall),
     }
-    return phase, _stats_delta(before, after), figures
+    return phase, stats_delta(before, after), figures
 
 
 # ---- setup and the command line ------------------------------------------------------------
@@ -461,7 +453,7 @@ def _dirty() -> list[str]:
     """Uncommitted paths among the code that is measured (read-only: no index refresh)."""
     watched = ("server/", "models/shapes_detector.py", "models/shapes_data.py", "export/",
                "tests/integration/server_fixtures.py", "loadtests/procs.py", "loadtests/detect_bench.py")
-    lines = _git("status", "--porcelain", "--", *watched).splitlines()
+    lines = git("status", "--porcelain", "--", *watched).splitlines()
     return sorted({line[3:] for line in lines if line[3:]})
 
 
@@ -519,9 +511,9 @@ def run(args: argparse.Namespace) -> dict:
         "schema": 1,
         "command": ".venv/bin/python -m loadtests.detect_bench " + " ".join(sys.argv[1:]),
         "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git("rev-parse", "--short", "HEAD").strip() or "unknown",
+        "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
         "dirty": _dirty(),
-        "machine": _machine(),
+        "machine": machine(),
         "json_path": args.json,
     }
     with tempfile.TemporaryDirectory(prefix="deepserve-detect-") as tmp:
@@ -597,18 +589,7 @@ def main() -> None:
     parser.add_argument("--from-json", metavar="FILE", help="render the page from this results file; run nothing")
     args = parser.parse_args()
 
-    if args.from_json:
-        results = json.loads(Path(args.from_json).read_text())
-        results.setdefault("json_path", args.from_json)
-    else:
-        results = run(args)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    text = render(results)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    finish(args, run, render)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
-import importlib.metadata
-import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +42,7 @@ import numpy as np
 
 from loadtests.ensemble_report import MODEL_OF, STEPS, VARIANTS, ratios, render  # noqa: F401 (re-exported)
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
+from loadtests.runinfo import finish, git, machine, pool, quantiles, stats_delta, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 Call = Callable[[], Awaitable]
@@ -83,17 +78,6 @@ class Phase:
             raise RuntimeError(f"{variant}: {self.errors} of {attempted} requests failed; first: {self.messages[:1]}")
 
 
-def _quantiles(samples: list[float]) -> dict:
-    ordered = sorted(samples)
-    if not ordered:
-        return {"p50_ms": None, "p99_ms": None, "mean_ms": None}
-    return {
-        "p50_ms": statistics.median(ordered),
-        "p99_ms": ordered[int(0.99 * (len(ordered) - 1))],
-        "mean_ms": statistics.fmean(ordered),
-    }
-
-
 async def _sequential(call: Call, count: int) -> Phase:
     phase = Phase()
     for _ in range(count):
@@ -114,36 +98,6 @@ async def _concurrent(call: Call, count: int, concurrency: int) -> tuple[Phase, 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return phase, time.perf_counter() - started
-
-
-def _stats_delta(before: dict, after: dict) -> dict:
-    """Per model, what the server recorded between two ``/v2/models/stats`` snapshots."""
-    out = {}
-    for name, a in after.items():
-        b = before.get(name)
-        if b is None:
-            continue
-        ia, ib = a["inference_stats"], b["inference_stats"]
-
-        def diff(key: str, field: str, ia: dict = ia, ib: dict = ib) -> int:
-            return ia[key][field] - ib[key][field]
-
-        ok = diff("success", "count")
-        if not ok:
-            continue
-        compute_ns = sum(diff(k, "ns") for k in ("compute_input", "compute_infer", "compute_output"))
-        executions = a["execution_count"] - b["execution_count"]
-        rows = a["inference_count"] - b["inference_count"]
-        out[name] = {
-            "requests": ok,
-            "request_ms": diff("success", "ns") / ok / 1e6,  # accepted -> answered, in the server
-            "queue_ms": diff("queue", "ns") / max(1, diff("queue", "count")) / 1e6,
-            "compute_ms": compute_ns / max(1, diff("compute_infer", "count")) / 1e6,
-            "executions": executions,
-            "mean_batch": rows / executions if executions else None,
-            "failed": diff("fail", "count"),
-        }
-    return out
 
 
 async def _snapshot(client) -> dict:
@@ -216,7 +170,7 @@ async def measure(http_url: str, server_pid: int, args: argparse.Namespace) -> d
             await _concurrent(calls[name], max(20 * args.concurrency, args.requests // 4), args.concurrency)
         quiet, budget = [], args.quiet_wait
         for round_index in range(args.rounds):
-            seen = await _wait_for_quiet(server_pid, args.quiet_cores, budget)
+            seen = await wait_for_quiet(server_pid, args.quiet_cores, budget)
             budget = max(0.0, budget - seen["waited_s"])
             quiet.append(seen)
             order = VARIANTS[round_index % len(VARIANTS):] + VARIANTS[: round_index % len(VARIANTS)]
@@ -241,7 +195,7 @@ async def measure(http_url: str, server_pid: int, args: argparse.Namespace) -> d
                     data[name]["error_messages"] = (data[name]["error_messages"] + phase.messages)[:5]
                     done = len(phase.samples_ms) + phase.errors
                     row[key] = {
-                        **_quantiles(phase.samples_ms),
+                        **quantiles(phase.samples_ms),
                         "requests": done,
                         "errors": phase.errors,
                         "seconds": wall,
@@ -251,7 +205,7 @@ async def measure(http_url: str, server_pid: int, args: argparse.Namespace) -> d
                         "client_cpu_ms": client_s * 1e3 / done,
                         "others_cores": others,
                     }
-                    data[name]["stats"][key][round_index + 1] = _stats_delta(before, after)
+                    data[name]["stats"][key][round_index + 1] = stats_delta(before, after)
                 data[name]["rounds"].append(row)
     finally:
         await client.close()
@@ -260,7 +214,7 @@ async def measure(http_url: str, server_pid: int, args: argparse.Namespace) -> d
         for key in ("c1", "cN"):
             fields = ("p50_ms", "p99_ms", "mean_ms", "rps", "server_cpu_ms", "client_cpu_ms", "server_cores")
             data[name][key] = {f: statistics.median(r[key][f] for r in rounds) for f in fields}
-            data[name]["stats"][key] = {"by_round": data[name]["stats"][key], "pooled": _pool(data[name]["stats"][key])}
+            data[name]["stats"][key] = {"by_round": data[name]["stats"][key], "pooled": pool(data[name]["stats"][key])}
     phases = [row[key] for name in VARIANTS for row in data[name]["rounds"] for key in ("c1", "cN")]
     wall = sum(ph["seconds"] for ph in phases)
     return {
@@ -272,77 +226,15 @@ async def measure(http_url: str, server_pid: int, args: argparse.Namespace) -> d
     }
 
 
-async def _wait_for_quiet(server_pid: int, max_cores: float, timeout_s: float) -> dict:
-    """Before a round: wait (up to ``timeout_s``, sampling a second at a time) until processes
-    other than the server and this client use at most ``max_cores``; what was seen is
-    recorded, the run goes on either way."""
-    started = time.monotonic()
-    if timeout_s <= 0:
-        return {"max_cores": max_cores, "others_cores": None, "quiet": None, "waited_s": 0.0}
-    while True:
-        t0, busy0, ours0 = time.perf_counter(), busy_cpu_s(), tree_cpu_s(server_pid) + own_cpu_s()
-        await asyncio.sleep(1.0)
-        load = max(0.0, (busy_cpu_s() - busy0 - (tree_cpu_s(server_pid) + own_cpu_s() - ours0)) / (time.perf_counter() - t0))
-        waited = time.monotonic() - started
-        if load <= max_cores or waited >= timeout_s:
-            return {"max_cores": max_cores, "others_cores": load, "quiet": load <= max_cores, "waited_s": waited}
-
-
-def _pool(by_round: dict) -> dict:
-    """Server statistics over every round: request-weighted means."""
-    pooled: dict = {}
-    for stats in by_round.values():
-        for model, s in stats.items():
-            p = pooled.setdefault(model, {"requests": 0, "request_ms": 0.0, "queue_ms": 0.0, "compute_ms": 0.0,
-                                          "executions": 0, "rows_x": 0.0, "failed": 0})
-            n = s["requests"]
-            p["requests"] += n
-            for f in ("request_ms", "queue_ms", "compute_ms"):
-                p[f] += s[f] * n
-            p["executions"] += s["executions"]
-            p["rows_x"] += (s["mean_batch"] or 0) * s["executions"]
-            p["failed"] += s["failed"]
-    for p in pooled.values():
-        n = p["requests"] or 1
-        for f in ("request_ms", "queue_ms", "compute_ms"):
-            p[f] /= n
-        rows = p.pop("rows_x")
-        p["mean_batch"] = rows / p["executions"] if p["executions"] else None
-    return pooled
-
-
 # ---- helpers ---------------------------------------------------------------------------
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _dirty() -> list[str]:
     """Uncommitted paths among the code that is measured (read-only: no index refresh)."""
     watched = ("server/", "models/", "export/", "tests/integration/kinds_fixtures.py",
                "tests/integration/server_fixtures.py", "loadtests/procs.py")
-    lines = _git("status", "--porcelain", "--", *watched).splitlines()
+    lines = git("status", "--porcelain", "--", *watched).splitlines()
     return sorted({line[3:] for line in lines if line[3:]})
-
-
-def _machine() -> dict:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("onnxruntime", "pillow", "numpy", "tritonclient", "aiohttp", "uvloop"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    return {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions}
 
 
 def _repository(dest: Path) -> Path:
@@ -363,9 +255,9 @@ def run(args: argparse.Namespace) -> dict:
         "schema": 1,
         "command": ".venv/bin/python -m loadtests.ensemble_overhead " + " ".join(sys.argv[1:]),
         "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git("rev-parse", "--short", "HEAD").strip() or "unknown",
+        "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
         "dirty": _dirty(),
-        "machine": _machine(),
+        "machine": machine(),
         "settings": {"rounds": args.rounds, "requests": args.requests, "latency_requests": args.latency_requests,
                      "concurrency": args.concurrency, "images": 450, "protocol": "HTTP, binary tensors (tritonclient.http.aio)",
                      "models": MODEL_OF},
@@ -398,18 +290,7 @@ def main() -> None:
     parser.add_argument("--from-json", metavar="FILE", help="render the page from this results file; run nothing")
     args = parser.parse_args()
 
-    if args.from_json:
-        results = json.loads(Path(args.from_json).read_text())
-        results.setdefault("json_path", args.from_json)
-    else:
-        results = run(args)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    text = render(results)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    finish(args, run, render)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""What the serving benchmarks (``ensemble_overhead``, ``detect_bench``) share: the machine
+and commit a run is recorded with, latency quantiles, waiting for a quiet machine, the
+server's statistics diffed around a phase and pooled over rounds, and the ``--json`` /
+``--out`` / ``--from-json`` tail of each script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quantiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    if not ordered:
+        return {"p50_ms": None, "p99_ms": None, "mean_ms": None}
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[int(0.99 * (len(ordered) - 1))],
+        "mean_ms": statistics.fmean(ordered),
+    }
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine() -> dict:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("onnxruntime", "pillow", "numpy", "tritonclient", "aiohttp", "uvloop"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions}
+
+
+async def wait_for_quiet(server_pid: int, max_cores: float, timeout_s: float) -> dict:
+    """Before a round: wait (up to ``timeout_s``, sampling a second at a time) until processes
+    other than the server and this client use at most ``max_cores``; what was seen is
+    recorded, the run goes on either way."""
+    started = time.monotonic()
+    if timeout_s <= 0:
+        return {"max_cores": max_cores, "others_cores": None, "quiet": None, "waited_s": 0.0}
+    while True:
+        t0, busy0, ours0 = time.perf_counter(), busy_cpu_s(), tree_cpu_s(server_pid) + own_cpu_s()
+        await asyncio.sleep(1.0)
+        load = max(0.0, (busy_cpu_s() - busy0 - (tree_cpu_s(server_pid) + own_cpu_s() - ours0)) / (time.perf_counter() - t0))
+        waited = time.monotonic() - started
+        if load <= max_cores or waited >= timeout_s:
+            return {"max_cores": max_cores, "others_cores": load, "quiet": load <= max_cores, "waited_s": waited}
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """Per model, what the server recorded between two ``/v2/models/stats`` snapshots."""
+    out = {}
+    for name, a in after.items():
+        b = before.get(name)
+        if b is None:
+            continue
+        ia, ib = a["inference_stats"], b["inference_stats"]
+
+        def diff(key: str, field: str, ia: dict = ia, ib: dict = ib) -> int:
+            return ia[key][field] - ib[key][field]
+
+        ok = diff("success", "count")
+        if not ok:
+            continue
+        compute_ns = sum(diff(k, "ns") for k in ("compute_input", "compute_infer", "compute_output"))
+        executions = a["execution_count"] - b["execution_count"]
+        rows = a["inference_count"] - b["inference_count"]
+        out[name] = {
+            "requests": ok,
+            "request_ms": diff("success", "ns") / ok / 1e6,  # accepted -> answered, in the server
+            "queue_ms": diff("queue", "ns") / max(1, diff("queue", "count")) / 1e6,
+            "compute_ms": compute_ns / max(1, diff("compute_infer", "count")) / 1e6,
+            "executions": executions,
+            "mean_batch": rows / executions if executions else None,
+            "failed": diff("fail", "count"),
+        }
+    return out
+
+
+def pool(by_round: dict) -> dict:
+    """Server statistics over every round: request-weighted means."""
+    pooled: dict = {}
+    for stats in by_round.values():
+        for model, s in stats.items():
+            p = pooled.setdefault(model, {"requests": 0, "request_ms": 0.0, "queue_ms": 0.0, "compute_ms": 0.0,
+                                          "executions": 0, "rows_x": 0.0, "failed": 0})
+            n = s["requests"]
+            p["requests"] += n
+            for f in ("request_ms", "queue_ms", "compute_ms"):
+                p[f] += s[f] * n
+            p["executions"] += s["executions"]
+            p["rows_x"] += (s["mean_batch"] or 0) * s["executions"]
+            p["failed"] += s["failed"]
+    for p in pooled.values():
+        n = p["requests"] or 1
+        for f in ("request_ms", "queue_ms", "compute_ms"):
+            p[f] /= n
+        rows = p.pop("rows_x")
+        p["mean_batch"] = rows / p["executions"] if p["executions"] else None
+    return pooled
+
+
+def finish(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict], render: Callable[[dict], str]) -> None:
+    """Run (or, with ``--from-json``, re-read) the results, write ``--json``, render ``--out``."""
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        results.setdefault("json_path", args.from_json)
+    else:
+        results = run(args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    text = render(results)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
