@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from export.parity import Runner, TaskMetric
-from export.spec import ExportSpec, IOSpec, MetricTolerance
+from export.spec import ELEMENTWISE_TOLERANCES, ExportSpec, IOSpec, MetricTolerance, Tolerance
 
 HeldOut = tuple[dict[str, np.ndarray], np.ndarray]  # (inputs, integer labels)
 
@@ -104,6 +104,16 @@ SHAPES_AGREEMENT_SCORE = 0.3  # fp32 detections at least this confident are the 
 _SHAPES_METRIC = {
     variant: MetricTolerance(max_metric_drop=0.02, min_top1_agreement=0.9)
     for variant in ("int8-static", "int8-dynamic", "trt-int8", "sparse50", "pruned50")
+}
+# Element-wise, fp32: the detector's ``size`` output is exp() of a regression, in pixels (up to
+# ~200), and the exported graph's fusions vary from one export to the next (their order
+# follows Python's hash seed), which moves single values by up to ~3.4e-3 (measured). A few
+# thousandths of a pixel or of a heatmap probability change no detection; the task check
+# (mAP) judges the rest. Still a bar that a wrong export fails.
+_SHAPES_ELEMENTWISE = {
+    **ELEMENTWISE_TOLERANCES,
+    "fp32": Tolerance(atol=1e-2, rtol=1e-3),
+    "fp32-ortopt": Tolerance(atol=1e-2, rtol=1e-3),
 }
 
 
@@ -206,6 +216,7 @@ def _shapes_family() -> Family:
         inputs=(IOSpec("image", ("batch", 3, size, size)),),
         outputs=(IOSpec("heatmap", ("batch", classes, grid, grid)), IOSpec("size", ("batch", 2, grid, grid)),
                  IOSpec("offset", ("batch", 2, grid, grid))),
+        tolerances=dict(_SHAPES_ELEMENTWISE),
         metric_tolerances=dict(_SHAPES_METRIC),
     )
     return Family("shapes", spec, _shapes_build, shapes_detector.WEIGHTS, None, "heatmap", _shapes_held_out,
