@@ -21,7 +21,7 @@ INK_LEVEL = 0.25  # stretched values above this count as ink when cropping
 def digit_tensor(data: bytes, size: int = 8, crop: bool = True, margin: float = 0.0) -> np.ndarray:
     from PIL import Image
 
-    grey = np.asarray(open_image(data, "L"), np.float32) / 255.0  # (H, W)
+    grey = np.asarray(open_image(data, "L")[0], np.float32) / 255.0  # (H, W)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     ground = float(np.median(border))
     if ground > 0.5 * (float(grey.min()) + float(grey.max())):  # light ground: dark ink

@@ -25,7 +25,9 @@ at a time).
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,45 +38,59 @@ from server.runtimes.python import ModelContext
 MAX_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs before decoding them
 
 
-def open_image(data: bytes, color: str, shrink_to: tuple[int, int] | None = None):
-    """Decode one image, EXIF orientation applied, converted to ``color`` (RGB or L).
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap the axes
 
-    ``shrink_to`` (width, height, after EXIF orientation): the image will only be needed at
-    about that size, so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft
-    mode: the DCT is scaled, several times faster), never below that size.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not isinstance(data, bytes | bytearray | memoryview) or not data:
-        raise InvalidInput("an image input is empty or not bytes")
+@contextlib.contextmanager
+def _decoding() -> Iterator[None]:
+    """Pillow's errors on bad bytes, as the one 400 a caller gets."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            raise InvalidInput(f"the image is {image.width}x{image.height}; at most {MAX_PIXELS} pixels are accepted")
-        if shrink_to is not None and image.format == "JPEG":
-            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
-            width, height = shrink_to[::-1] if turned else shrink_to
-            image.draft(color, (max(1, width), max(1, height)))
-        image = ImageOps.exif_transpose(image)
-        return image.convert(color)
+        yield
     except UnidentifiedImageError:
         raise InvalidInput("the image cannot be decoded (not a known image format); send JPEG, PNG, WebP, BMP or GIF bytes") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"the image cannot be decoded ({exc}); send JPEG, PNG, WebP, BMP or GIF bytes") from None
+
+
+def _header(data: bytes):
+    """The image opened lazily (header only) and its (width, height) after EXIF orientation;
+    call inside ``_decoding``."""
+    from PIL import Image
+
+    if not isinstance(data, bytes | bytearray | memoryview) or not data:
+        raise InvalidInput("an image input is empty or not bytes")
+    image = Image.open(io.BytesIO(data))
+    if image.width * image.height > MAX_PIXELS:
+        raise InvalidInput(f"the image is {image.width}x{image.height}; at most {MAX_PIXELS} pixels are accepted")
+    turned = image.getexif().get(0x0112, 1) in _TURNED
+    return image, ((image.height, image.width) if turned else (image.width, image.height))
+
+
+def open_image(data: bytes, color: str, shrink_to: Callable[[tuple[int, int]], tuple[int, int]] | None = None):
+    """Decode one image, EXIF orientation applied, converted to ``color`` (RGB or L); returns
+    it with its original (width, height) after orientation.
+
+    ``shrink_to(original size) -> (width, height)``: the image will only be needed at about
+    that size, so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode: the
+    DCT is scaled, several times faster), never below that size.
+    """
+    from PIL import ImageOps
+
+    with _decoding():
+        image, size = _header(data)
+        if shrink_to is not None and image.format == "JPEG":
+            width, height = shrink_to(size)
+            turned = image.getexif().get(0x0112, 1) in _TURNED  # the draft is in the file's own axes
+            image.draft(color, (max(1, height), max(1, width)) if turned else (max(1, width), max(1, height)))
+        return ImageOps.exif_transpose(image).convert(color), size
 
 
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) after EXIF orientation, from the header alone (nothing decoded)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except UnidentifiedImageError:
-        raise InvalidInput("the image cannot be decoded (not a known image format); send JPEG, PNG, WebP, BMP or GIF bytes") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidInput(f"the image cannot be decoded ({exc}); send JPEG, PNG, WebP, BMP or GIF bytes") from None
-    return (image.height, image.width) if turned else (image.width, image.height)
+    with _decoding():
+        return _header(data)[1]
 
 
 def _floats(text: str, default: float, channels: int) -> np.ndarray:
@@ -117,6 +133,13 @@ class ImageSpec:
             nchw=layout == "NCHW",
         )
 
+    def _needed(self, original: tuple[int, int]) -> tuple[int, int]:
+        """The size the image is resized to: the letterbox's inner box, or the output."""
+        if not self.letterbox:
+            return self.width, self.height
+        ratio = min(self.width / original[0], self.height / original[1])
+        return max(1, round(original[0] * ratio)), max(1, round(original[1] * ratio))
+
     def tensor(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """One image -> ((C, H, W) or (H, W, C) float32, its transform).
 
@@ -125,12 +148,10 @@ class ImageSpec:
         """
         from PIL import Image
 
-        width, height = image_size(data)
         size = (self.width, self.height)
-        ratio = min(self.width / width, self.height / height)
-        inner = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-        image = open_image(data, self.color, shrink_to=inner if self.letterbox else size)
+        image, (width, height) = open_image(data, self.color, shrink_to=self._needed)
         if self.letterbox:
+            inner = self._needed((width, height))
             pad = ((size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2)
             canvas = Image.new(self.color, size, (self.pad_value,) * (3 if self.color == "RGB" else 1))
             canvas.paste(image.resize(inner, Image.Resampling.BILINEAR), pad)
