@@ -72,9 +72,7 @@ class InferenceService:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self.repository.get(name, version)
-        versions = (model.version,) if version else tuple(
-            m.version for m in self.repository.models() if m.name == name
-        )
+        versions = (model.version,) if version else self.repository.versions(name)
         return ModelMetadata(
             name, versions, model.platform, model.inputs, model.outputs, model.decoupled, model.max_batch_size > 0,
             model.task,

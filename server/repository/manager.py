@@ -113,6 +113,11 @@ class ModelRepository:
         """Server readiness: every model that is meant to be loaded is READY."""
         return all(self._state(e)[0] == READY for e in self._entries.values() if e.reason != "unloaded")
 
+    def versions(self, name: str) -> tuple[str, ...]:
+        """The ready versions of one model, oldest first (one dict lookup)."""
+        entry = self._entries.get(name)
+        return tuple(sorted(entry.versions, key=int)) if entry is not None else ()
+
     def models(self) -> list[LoadedModel]:
         return [m for entry in self._entries.values() for m in entry.versions.values()]
 
