@@ -9,6 +9,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 
+import orjson
+
 from server.core.errors import InvalidInput, Unavailable
 
 Receive = Callable[[], Awaitable[dict]]
@@ -19,6 +21,20 @@ class BodyTooLarge(InvalidInput):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body is larger than the limit of {limit} bytes (--max-request-bytes)")
+
+
+async def read_json_object(receive: Receive, headers: Mapping[str, str], limit: int, empty_ok: bool = False) -> dict:
+    """The body as a JSON object (``{}`` for an empty body when ``empty_ok``)."""
+    body = await read_body(receive, headers, limit)
+    if empty_ok and not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return data
 
 
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:

@@ -25,7 +25,7 @@ from server.core import datatypes as dt
 from server.core.errors import DeepserveError, InvalidInput
 from server.core.types import InferenceRequest, InferenceResponse, TensorSpec
 from server.core.validation import check_version
-from server.frontends.http.body import read_body
+from server.frontends.http.body import read_json_object
 from server.frontends.http.codec import tensor_from_json
 from server.frontends.http.infer import until_disconnect
 from server.frontends.http.responses import json_response
@@ -105,11 +105,7 @@ def _service(request: Request) -> InferenceService:
 async def _decode(request: Request, model: str, version: str) -> tuple[InferenceRequest, bool]:
     service = _service(request)
     meta = service.model_metadata(model, check_version(version))
-    body = await read_body(request.receive, request.headers, request.app.state.settings.max_request_bytes)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
+    data = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
     return generate_request(data, meta.inputs, meta.batched, model, version), meta.batched
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.core.errors import InvalidInput
-from server.frontends.http.body import read_body
+from server.frontends.http.body import read_json_object
 from server.frontends.http.responses import json_response
 from server.service import InferenceService
 
@@ -22,16 +21,8 @@ def _service(request: Request) -> InferenceService:
 
 
 async def _json_body(request: Request) -> dict:
-    body = await read_body(request.receive, request.headers, request.app.state.settings.max_request_bytes)
-    if not body.strip():
-        return {}
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return data
+    limit = request.app.state.settings.max_request_bytes
+    return await read_json_object(request.receive, request.headers, limit, empty_ok=True)
 
 
 async def index(request: Request, repository: str = "") -> Response:

@@ -17,13 +17,12 @@ import binascii
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.core.errors import InvalidInput
 from server.core.types import InferenceRequest
-from server.frontends.http.body import read_body
+from server.frontends.http.body import read_json_object
 from server.frontends.http.responses import json_response
 from server.service import InferenceService
 
@@ -53,12 +52,8 @@ async def _parse(request: Request) -> tuple[list[bytes], dict[str, Any]]:
         if not images:
             raise InvalidInput("send the image as a multipart 'file' field (one or more)")
         return images, options
-    body = await read_body(request.receive, request.headers, limit)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"send multipart/form-data with 'file', or JSON with 'image' (base64): {exc}") from None
-    if not isinstance(data, dict) or "image" not in data:
+    data = await read_json_object(request.receive, request.headers, limit)
+    if "image" not in data:
         raise InvalidInput("the JSON body needs 'image': base64 text, or a list of them")
     encoded = data.pop("image")
     encoded = encoded if isinstance(encoded, list) else [encoded]
