@@ -105,41 +105,22 @@ def decode(
     ``heatmap`` (C, h, w), ``size`` and ``offset`` (2, h, w), as ``forward`` returns them for
     one image. A peak is a cell equal to the max of its 3x3 neighbourhood; the best
     ``max_detections`` peaks scoring at least ``score_threshold`` come back, best first.
-    No NMS: overlapping boxes of one class are left to the caller.
+    No NMS: overlapping boxes of one class are left to the caller. The server's own
+    decoding (``detect.centernet``), so evaluation and serving cannot drift apart.
     """
-    from numpy.lib.stride_tricks import sliding_window_view
+    from server.pipelines.detect import decode_boxes
 
-    heatmap = np.asarray(heatmap, np.float32)
-    n_classes, h, w = heatmap.shape
-    padded = np.pad(heatmap, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    pooled = sliding_window_view(padded, (3, 3), axis=(1, 2)).max(axis=(-2, -1))  # (C, h, w)
-    scores = np.where(heatmap == pooled, heatmap, 0.0).ravel()
-    k = min(max_detections, scores.size)
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    top = top[scores[top] >= score_threshold]
-    labels, i, j = np.unravel_index(top, (n_classes, h, w))
-    cx = (j + offset[0, i, j]) * stride
-    cy = (i + offset[1, i, j]) * stride
-    bw, bh = size[0, i, j], size[1, i, j]
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
-    return boxes.reshape(-1, 4), scores[top].astype(np.float32), labels.astype(np.int64)
+    boxes, scores, labels = decode_boxes(np.asarray(heatmap, np.float32), size, offset, stride, score_threshold,
+                                         max_detections)
+    return boxes, scores.astype(np.float32), labels.astype(np.int64)
 
 
 def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = 0.5) -> np.ndarray:
     """Indices to keep (best first): greedy NMS within each class; a box goes when its IoU
-    with a better box of its class exceeds ``iou`` (as the server's ``detect.centernet``)."""
-    order = np.argsort(-scores, kind="stable")
-    area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        w = (np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0])).clip(0)
-        h = (np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1])).clip(0)
-        overlap = w * h / np.maximum(area[best] + area[rest] - w * h, 1e-9)
-        order = rest[(overlap <= iou) | (labels[rest] != labels[best])]
-    return np.asarray(keep, np.int64)
+    with a better box of its class exceeds ``iou`` (the server's ``detect.centernet`` NMS)."""
+    from server.pipelines.detect import nms
+
+    return nms(boxes, scores, labels, iou)
 
 
 def config_to_metadata(config: ShapesDetectorConfig) -> dict[str, str]:

@@ -42,6 +42,21 @@ def peaks(heatmap: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.n
     return classes, rows, cols, scores[top]
 
 
+def decode_boxes(
+    heatmap: np.ndarray, size: np.ndarray, offset: np.ndarray, stride: float, threshold: float, limit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's maps -> (boxes (K, 4) x1 y1 x2 y2 in network-input pixels, scores, classes),
+    best first: the ``limit`` best peaks scoring at least ``threshold``; no NMS."""
+    cls, rows, cols, score = peaks(heatmap, limit)
+    chosen = score >= threshold
+    cls, rows, cols, score = cls[chosen], rows[chosen], cols[chosen], score[chosen]
+    cx = (cols + offset[0, rows, cols]) * stride
+    cy = (rows + offset[1, rows, cols]) * stride
+    half_w, half_h = size[0, rows, cols] / 2, size[1, rows, cols] / 2
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.float32)
+    return boxes.reshape(-1, 4), score, cls
+
+
 def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     x1 = np.maximum(box[0], others[:, 0])
     y1 = np.maximum(box[1], others[:, 1])
@@ -105,13 +120,7 @@ class CenterNetDecode:
         return self._named(boxes, scores, classes, count)
 
     def _image(self, heatmap, size, offset, transform, threshold: float, overlap: float):
-        cls, rows, cols, score = peaks(heatmap, self.candidates)
-        chosen = score >= threshold
-        cls, rows, cols, score = cls[chosen], rows[chosen], cols[chosen], score[chosen]
-        cx = (cols + offset[0, rows, cols]) * self.stride
-        cy = (rows + offset[1, rows, cols]) * self.stride
-        half_w, half_h = size[0, rows, cols] / 2, size[1, rows, cols] / 2
-        boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.float32)
+        boxes, score, cls = decode_boxes(heatmap, size, offset, self.stride, threshold, self.candidates)
         keep = nms(boxes, score, cls, overlap)
         scale_x, scale_y, pad_x, pad_y, width, height = transform
         boxes = boxes[keep]
