@@ -124,9 +124,9 @@ def _shapes_build(weights: Path | None) -> torch.nn.Module:
 
 
 def _shapes_input_size() -> int:
-    from models import shapes_detector
+    from models import checkpoint, shapes_detector
 
-    return shapes_detector.config_from_metadata(_safetensors_metadata(shapes_detector.WEIGHTS)).input_size
+    return shapes_detector.config_from_metadata(checkpoint.metadata(shapes_detector.WEIGHTS)).input_size
 
 
 def _shapes_held_out() -> HeldOut:
@@ -197,13 +197,6 @@ def shapes_metric(scenes: int = SHAPES_METRIC_SCENES) -> TaskMetric:
         f"(HELDOUT_SEED), boxes mapped back to each original image; box agreement = mAP@0.5 of the variant "
         f"against fp32's own detections scoring >= {SHAPES_AGREEMENT_SCORE} as ground truth",
     )
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str] | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.metadata()
 
 
 def _shapes_family() -> Family:

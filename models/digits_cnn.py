@@ -6,11 +6,13 @@ Output: float32 logits ``(N, 10)``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from models import checkpoint
 
 WEIGHTS = Path(__file__).parent / "weights" / "digits_cnn.safetensors"
 LABELS = tuple(str(d) for d in range(10))
@@ -48,11 +50,6 @@ class DigitsCNN(nn.Module):
         return self.head(self.dropout(x))  # (N, n_classes)
 
 
-def config_to_metadata(config: DigitsCNNConfig) -> dict[str, str]:
-    """The config as safetensors metadata (string -> string), so weights carry their shape."""
-    return {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in asdict(config).items()}
-
-
 def config_from_metadata(meta: dict[str, str] | None) -> DigitsCNNConfig:
     if not meta or "channels" not in meta:
         return DigitsCNNConfig()
@@ -64,20 +61,9 @@ def config_from_metadata(meta: dict[str, str] | None) -> DigitsCNNConfig:
 
 
 def save(model: DigitsCNN, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=config_to_metadata(model.config))
+    checkpoint.save(model, path)
 
 
 def load(path: Path = WEIGHTS, device: str = "cpu") -> DigitsCNN:
     """Load shipped (or pruned) weights; the channel widths come from the file's metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    model = DigitsCNN(config_from_metadata(meta))
-    model.load_state_dict(load_file(str(path), device=device))
-    return model.to(device).eval()
+    return checkpoint.load_into(DigitsCNN(config_from_metadata(checkpoint.metadata(path))), path, device)

@@ -20,7 +20,7 @@ three maps into boxes (3x3 max-pool peaks, top-k, no NMS).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import checkpoint
 from models.shapes_data import CLASSES
 
 WEIGHTS = Path(__file__).parent / "weights" / "shapes_detector.safetensors"
@@ -123,11 +124,6 @@ def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, i
     return nms(boxes, scores, labels, iou)
 
 
-def config_to_metadata(config: ShapesDetectorConfig) -> dict[str, str]:
-    """The config as safetensors metadata (string -> string), so weights carry their shape."""
-    return {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in asdict(config).items()}
-
-
 def config_from_metadata(meta: dict[str, str] | None) -> ShapesDetectorConfig:
     meta = meta or {}
     default = ShapesDetectorConfig()
@@ -142,20 +138,9 @@ def config_from_metadata(meta: dict[str, str] | None) -> ShapesDetectorConfig:
 
 
 def save(model: ShapesDetector, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=config_to_metadata(model.config))
+    checkpoint.save(model, path)
 
 
 def load(path: Path = WEIGHTS, device: str = "cpu") -> ShapesDetector:
     """Load shipped weights; the input size and widths come from the file's metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    model = ShapesDetector(config_from_metadata(meta))
-    model.load_state_dict(load_file(str(path), device=device))
-    return model.to(device).eval()
+    return checkpoint.load_into(ShapesDetector(config_from_metadata(checkpoint.metadata(path))), path, device)
