@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import hashlib
 import inspect
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +43,16 @@ import numpy as np
 
 from loadtests.detect_report import ENSEMBLE, NETWORK, STEPS, TARGET, headline, render  # noqa: F401 (re-exported)
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
-from loadtests.runinfo import finish, git, machine, pool, quantiles, stats_delta, wait_for_quiet
+from loadtests.runinfo import (
+    add_output_arguments,
+    finish,
+    note_edits,
+    pool,
+    quantiles,
+    record,
+    stats_delta,
+    wait_for_quiet,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 31_337  # the bench's own scenes: neither shapes_data.TRAIN_SEED nor HELDOUT_SEED
@@ -56,6 +63,9 @@ BOUNDARY = "deepserve-detect-bench-7f3a9c"
 
 
 # ---- inputs ------------------------------------------------------------------------------
+
+# The measured code, checked for uncommitted edits before and after a run.
+WATCHED = ("server/", "models/shapes_detector.py", "models/shapes_data.py", "export/", "tests/integration/server_fixtures.py", "loadtests/procs.py", "loadtests/detect_bench.py")
 
 
 class _SizedRng:
@@ -449,14 +459,6 @@ async def _http_phase(client: Client, server_pid: int, key: str, args: argparse.
 # ---- setup and the command line ------------------------------------------------------------
 
 
-def _dirty() -> list[str]:
-    """Uncommitted paths among the code that is measured (read-only: no index refresh)."""
-    watched = ("server/", "models/shapes_detector.py", "models/shapes_data.py", "export/",
-               "tests/integration/server_fixtures.py", "loadtests/procs.py", "loadtests/detect_bench.py")
-    lines = git("status", "--porcelain", "--", *watched).splitlines()
-    return sorted({line[3:] for line in lines if line[3:]})
-
-
 def _weights(args: argparse.Namespace, tmp: Path) -> tuple[Path, bool]:
     """(the weights file, whether it is the trained one); an untrained, seeded detector in
     ``tmp`` with ``--untrained``. The family reads its input size from ``shapes_detector.WEIGHTS``,
@@ -506,15 +508,9 @@ def config_summary(model_dir: Path) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from tests.integration import server_fixtures as fx
 
-    started, wall0 = datetime.datetime.now(datetime.UTC), time.perf_counter()
+    wall0 = time.perf_counter()
     results: dict = {
-        "schema": 1,
-        "command": ".venv/bin/python -m loadtests.detect_bench " + " ".join(sys.argv[1:]),
-        "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
-        "dirty": _dirty(),
-        "machine": machine(),
-        "json_path": args.json,
+        **record("loadtests.detect_bench", WATCHED, args.json),
     }
     with tempfile.TemporaryDirectory(prefix="deepserve-detect-") as tmp:
         weights, trained = _weights(args, Path(tmp))
@@ -546,9 +542,7 @@ def run(args: argparse.Namespace) -> dict:
                 results.update(asyncio.run(coroutine))
             results["server_log"] = [line for line in server.log().splitlines() if line.strip()][-50:]
     results["total_s"] = time.perf_counter() - wall0
-    dirty_after = _dirty()
-    if dirty_after != results["dirty"]:
-        results["dirty_after"] = dirty_after  # someone edited the measured code during the run
+    note_edits(results, WATCHED)
     return results
 
 
@@ -581,12 +575,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--weights", help="detector weights (default: models/weights/shapes_detector.safetensors)")
     parser.add_argument("--untrained", action="store_true", help="a seeded, untrained detector in a temp file (dry run)")
-    parser.add_argument("--quiet-cores", type=float, default=0.5,
-                        help="before each round, wait for other processes to use at most this many cores")
-    parser.add_argument("--quiet-wait", type=float, default=45.0, help="... for at most this many seconds in all")
-    parser.add_argument("--json", help="write the raw results here")
-    parser.add_argument("--out", help="write the Markdown page here")
-    parser.add_argument("--from-json", metavar="FILE", help="render the page from this results file; run nothing")
+    add_output_arguments(parser, quiet_wait_s=45.0)
     args = parser.parse_args()
 
     finish(args, run, render)

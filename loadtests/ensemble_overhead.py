@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +40,16 @@ import numpy as np
 
 from loadtests.ensemble_report import MODEL_OF, STEPS, VARIANTS, ratios, render  # noqa: F401 (re-exported)
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
-from loadtests.runinfo import finish, git, machine, pool, quantiles, stats_delta, wait_for_quiet
+from loadtests.runinfo import (
+    add_output_arguments,
+    finish,
+    note_edits,
+    pool,
+    quantiles,
+    record,
+    stats_delta,
+    wait_for_quiet,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 Call = Callable[[], Awaitable]
@@ -52,6 +59,9 @@ MAX_ERROR_SHARE = 0.1  # a phase with more failed requests than this aborts the 
 
 
 # ---- the run ----------------------------------------------------------------------------
+
+# The measured code, checked for uncommitted edits before and after a run.
+WATCHED = ("server/", "models/", "export/", "tests/integration/kinds_fixtures.py", "tests/integration/server_fixtures.py", "loadtests/procs.py")
 
 
 class Phase:
@@ -229,14 +239,6 @@ async def measure(http_url: str, server_pid: int, args: argparse.Namespace) -> d
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def _dirty() -> list[str]:
-    """Uncommitted paths among the code that is measured (read-only: no index refresh)."""
-    watched = ("server/", "models/", "export/", "tests/integration/kinds_fixtures.py",
-               "tests/integration/server_fixtures.py", "loadtests/procs.py")
-    lines = git("status", "--porcelain", "--", *watched).splitlines()
-    return sorted({line[3:] for line in lines if line[3:]})
-
-
 def _repository(dest: Path) -> Path:
     from tests.integration.kinds_fixtures import build_kinds_repository
 
@@ -250,18 +252,12 @@ def _repository(dest: Path) -> Path:
 def run(args: argparse.Namespace) -> dict:
     from tests.integration import server_fixtures as fx
 
-    started, wall0 = datetime.datetime.now(datetime.UTC), time.perf_counter()
+    wall0 = time.perf_counter()
     results: dict = {
-        "schema": 1,
-        "command": ".venv/bin/python -m loadtests.ensemble_overhead " + " ".join(sys.argv[1:]),
-        "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
-        "dirty": _dirty(),
-        "machine": machine(),
+        **record("loadtests.ensemble_overhead", WATCHED, args.json),
         "settings": {"rounds": args.rounds, "requests": args.requests, "latency_requests": args.latency_requests,
                      "concurrency": args.concurrency, "images": 450, "protocol": "HTTP, binary tensors (tritonclient.http.aio)",
                      "models": MODEL_OF},
-        "json_path": args.json,
     }
     with tempfile.TemporaryDirectory(prefix="deepserve-ensemble-") as tmp:
         repo = _repository(Path(tmp) / "repo")
@@ -269,9 +265,7 @@ def run(args: argparse.Namespace) -> dict:
             results.update(asyncio.run(measure(server.http_url, server.pid, args)))
             results["server_log"] = [line for line in server.log().splitlines() if line.strip()][-50:]
     results["total_s"] = time.perf_counter() - wall0
-    dirty_after = _dirty()
-    if dirty_after != results["dirty"]:
-        results["dirty_after"] = dirty_after  # someone edited the measured code during the run
+    note_edits(results, WATCHED)
     return results
 
 
@@ -281,13 +275,7 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=500, help="sequential requests per variant per round")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
-    parser.add_argument("--quiet-cores", type=float, default=0.5,
-                        help="before each round, wait for other processes to use at most this many cores")
-    parser.add_argument("--quiet-wait", type=float, default=60.0,
-                        help="... for at most this many seconds in all (0: do not wait)")
-    parser.add_argument("--json", help="write the raw results here")
-    parser.add_argument("--out", help="write the Markdown page here")
-    parser.add_argument("--from-json", metavar="FILE", help="render the page from this results file; run nothing")
+    add_output_arguments(parser, quiet_wait_s=60.0)
     args = parser.parse_args()
 
     finish(args, run, render)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import importlib.metadata
 import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +126,44 @@ def pool(by_round: dict) -> dict:
         rows = p.pop("rows_x")
         p["mean_batch"] = rows / p["executions"] if p["executions"] else None
     return pooled
+
+
+def dirty(watched: tuple[str, ...]) -> list[str]:
+    """Uncommitted paths among the code that is measured (read-only: no index refresh)."""
+    lines = git("status", "--porcelain", "--", *watched).splitlines()
+    return sorted({line[3:] for line in lines if line[3:]})
+
+
+def record(module: str, watched: tuple[str, ...], json_path: str | None) -> dict:
+    """The head of a results file: what ran, when, on which commit and machine."""
+    started = datetime.datetime.now(datetime.UTC)
+    return {
+        "schema": 1,
+        "command": f".venv/bin/python -m {module} " + " ".join(sys.argv[1:]),
+        "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
+        "dirty": dirty(watched),
+        "machine": machine(),
+        "json_path": json_path,
+    }
+
+
+def note_edits(results: dict, watched: tuple[str, ...]) -> None:
+    """Record paths edited while the benchmark ran (someone changed the measured code)."""
+    after = dirty(watched)
+    if after != results["dirty"]:
+        results["dirty_after"] = after
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, quiet_wait_s: float) -> None:
+    """The quiet-machine wait and the --json / --out / --from-json options of every bench."""
+    parser.add_argument("--quiet-cores", type=float, default=0.5,
+                        help="before each round, wait for other processes to use at most this many cores")
+    parser.add_argument("--quiet-wait", type=float, default=quiet_wait_s,
+                        help="... for at most this many seconds in all (0: do not wait)")
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--out", help="write the Markdown page here")
+    parser.add_argument("--from-json", metavar="FILE", help="render the page from this results file; run nothing")
 
 
 def finish(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict], render: Callable[[dict], str]) -> None:
