@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import statistics
 
+from loadtests.runinfo import quiet_wait_clause
+
 TARGET = 0.7  # the bar: /v1/detect at 32 clients >= 0.7 x in-process rows/s
 ENSEMBLE, NETWORK = "shapes_detect", "shapes"
 PRE, POST = "shapes_detect_pre", "shapes_detect_post"
@@ -139,10 +141,7 @@ def render(results: dict) -> str:
                                                    "not the shipped model**"),
     ]
     if "others_cores" in results:
-        q = [w for w in results.get("quiet_wait") or [] if w.get("quiet") is not None]
-        waited = (f"; before each round it waited for other load of at most {q[0]['max_cores']:g} cores "
-                  f"({sum(w['waited_s'] for w in q):.0f} s in all; reached before {sum(bool(w['quiet']) for w in q)} "
-                  f"of {len(q)} rounds)") if q else ""
+        waited = quiet_wait_clause(results)
         lines.append(f"* **Other load** on the machine during the measured phases: {results['others_cores']:.2f} cores "
                      f"on average (busy CPU that is neither the server's nor the load generator's, `/proc/stat`){waited}")
     if "total_s" in results:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from loadtests.runinfo import quiet_wait_clause
+
 VARIANTS = ("direct", "ensemble", "preprocess")
 MODEL_OF = {"direct": "digits", "ensemble": "digits_pipeline", "preprocess": "digits_preprocess"}
 STEPS = ("digits_preprocess", "image_size", "digits", "digits_topk")  # the ensemble's steps
@@ -115,10 +117,7 @@ def render(results: dict) -> str:
         f"Python {m.get('python', '?')}; client and server on the same cores",
     ]
     if "others_cores" in results:
-        q = [w for w in results.get("quiet_wait") or [] if w.get("quiet") is not None]
-        waited = (f"; before each round it waited for other load of at most {q[0]['max_cores']:g} cores "
-                  f"({sum(w['waited_s'] for w in q):.0f} s in all; reached before {sum(bool(w['quiet']) for w in q)} "
-                  f"of {len(q)} rounds)") if q else ""
+        waited = quiet_wait_clause(results)
         lines.append(f"* **Other load** on the machine during the rounds: {results['others_cores']:.2f} cores "
                      f"of {m.get('cores', '?')} on average (busy CPU not the server's or the client's, from "
                      f"`/proc/stat`; per phase in the raw table){waited}")

@@ -166,6 +166,16 @@ def add_output_arguments(parser: argparse.ArgumentParser, quiet_wait_s: float) -
     parser.add_argument("--from-json", metavar="FILE", help="render the page from this results file; run nothing")
 
 
+def quiet_wait_clause(results: dict) -> str:
+    """How the run waited for a quiet machine, as a clause for the reports ("" if it did not)."""
+    q = [w for w in results.get("quiet_wait") or [] if w.get("quiet") is not None]
+    if not q:
+        return ""
+    return (f"; before each round it waited for other load of at most {q[0]['max_cores']:g} cores "
+            f"({sum(w['waited_s'] for w in q):.0f} s in all; reached before {sum(bool(w['quiet']) for w in q)} "
+            f"of {len(q)} rounds)")
+
+
 def finish(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict], render: Callable[[dict], str]) -> None:
     """Run (or, with ``--from-json``, re-read) the results, write ``--json``, render ``--out``."""
     if args.from_json:
