@@ -100,23 +100,18 @@ class PythonRuntime:
         return {name: np.asarray(value) for name, value in outputs.items()}
 
     def execute_stream(self, inputs: Outputs) -> Iterable[Outputs]:
-        responses = iter(self._call(inputs))
-        while True:
-            try:
-                outputs = next(responses)
-            except StopIteration:
-                return
-            except DeepserveError:
-                raise
-            except Exception as exc:  # raised inside the model's generator
-                raise ModelError(f"execute() failed: {last_line(exc)}") from None
-            if not isinstance(outputs, dict):
-                raise ModelError(f"a decoupled execute() yielded {type(outputs).__name__}; yield dicts of arrays")
-            try:
+        responses = self._call(inputs)
+        try:
+            for outputs in responses:
+                if not isinstance(outputs, dict):
+                    raise ModelError(f"a decoupled execute() yielded {type(outputs).__name__}; yield dicts of arrays")
                 yield {name: np.asarray(value) for name, value in outputs.items()}
-            except GeneratorExit:  # the caller left: let the model's generator clean up
-                getattr(responses, "close", lambda: None)()
-                raise
+        except DeepserveError:
+            raise
+        except Exception as exc:  # raised inside the model's generator
+            raise ModelError(f"execute() failed: {last_line(exc)}") from None
+        finally:  # the caller left, or it ended: the model's generator cleans up now, not at GC
+            getattr(responses, "close", lambda: None)()
 
     def unload(self) -> None:
         finalize = getattr(self._model, "finalize", None)
