@@ -18,6 +18,7 @@ deepserve_pending_requests                   gauge      queued, not yet running
 deepserve_inflight_requests                  gauge      accepted, not yet answered
 deepserve_model_load_duration_seconds        gauge      time the last load took
 deepserve_response_count_total               counter    responses sent by decoupled models
+deepserve_generated_images_total             counter    final images of generation models
 ===========================================  =========  ==========================================
 
 Per ensemble step (labels ``model``, ``version``, ``step`` = the step's model):
@@ -70,6 +71,7 @@ class Metrics:
         self.inflight = Gauge("deepserve_inflight_requests", "Requests accepted, not yet answered", labels, registry=r)
         self.load_s = Gauge("deepserve_model_load_duration_seconds", "Time the last load of the model took", labels, registry=r)
         self.responses = Counter("deepserve_response_count", "Responses sent by decoupled models", labels, registry=r)
+        self.images = Counter("deepserve_generated_images", "Final images of generation models", labels, registry=r)
         self.step_s = Histogram(
             "deepserve_ensemble_step_duration_seconds", "Time of one step within an ensemble request", (*labels, "step"),
             buckets=LATENCY_BUCKETS_S, registry=r,
@@ -83,7 +85,7 @@ class Metrics:
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's series when it is unloaded."""
         for metric in (self.success, self.inferences, self.executions, self.request_s, self.queue_s,
-                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.responses):
+                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.responses, self.images):
             try:
                 metric.remove(name, version)
             except KeyError:
@@ -115,6 +117,7 @@ class ModelMetrics:
         self.inflight = m.inflight.labels(name, version)
         self.load_s = m.load_s.labels(name, version)
         self.responses = m.responses.labels(name, version)
+        self.images = m.images.labels(name, version)
 
     def step(self, step: str):
         labels = (*self._labels, step)

@@ -150,6 +150,9 @@ class ModelTelemetry:
     def stream_cancelled(self, index: int) -> None:
         self.stats.responses.setdefault(index, ResponseStat()).cancel.add(0.0)
 
+    def image_generated(self) -> None:
+        self.metrics.images.inc()
+
     # EnsembleObserver
     def step_done(self, step: str, duration_s: float) -> None:
         self.metrics.step(step).observe(duration_s)

@@ -25,6 +25,7 @@ from server.observability.metrics import Metrics
 from server.observability.stats import ModelTelemetry
 from server.repository.config import ModelConfig, read_config
 from server.repository.loaded import LoadedModel
+from server.repository.sampler import is_diffusion, load_diffusion
 from server.repository.model import (
     LoadOptions,
     check_wiring,
@@ -227,6 +228,8 @@ class ModelRepository:
                 if is_ensemble(config):
                     model = load_ensemble(name, version, config, telemetry, self.get)
                     await self._load_steps(model, (*chain, name))
+                elif is_diffusion(config):
+                    model = await asyncio.to_thread(load_diffusion, name, version, model_dir, config, self.options, telemetry)
                 else:
                     model = await asyncio.to_thread(load_version, name, version, model_dir, config, self.options, telemetry)
                 model.scheduler.start()
