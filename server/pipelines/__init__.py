@@ -14,4 +14,5 @@ PROCESSORS: dict[str, str] = {
     "image.digit": "server.pipelines.digits:Digit",
     "detect.centernet": "server.pipelines.detect:CenterNetDecode",
     "classify.topk": "server.pipelines.classify:TopK",
+    "generate.latent": "server.pipelines.latent:Latent",
 }

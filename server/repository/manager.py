@@ -25,7 +25,6 @@ from server.observability.metrics import Metrics
 from server.observability.stats import ModelTelemetry
 from server.repository.config import ModelConfig, read_config
 from server.repository.loaded import LoadedModel
-from server.repository.sampler import is_diffusion, load_diffusion
 from server.repository.model import (
     LoadOptions,
     check_wiring,
@@ -34,6 +33,7 @@ from server.repository.model import (
     load_version,
     select_versions,
 )
+from server.repository.sampler import is_diffusion, load_diffusion
 
 log = logging.getLogger(__name__)
 

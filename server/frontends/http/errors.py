@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.core.errors import DeepserveError, InvalidInput, ModelError, ModelNotFound, Unavailable, Unsupported
 from server.frontends.http.body import BodyTooLarge
+from server.frontends.http.openai import error_body, is_openai_path
 from server.frontends.http.responses import json_response
 
 _STATUS: tuple[tuple[type[DeepserveError], int], ...] = (
@@ -40,6 +41,8 @@ def error_parts(error: DeepserveError) -> tuple[int, dict[str, str], bytes]:
 
 async def handle_deepserve_error(request: Request, error: DeepserveError) -> Response:
     status, headers, body = error_parts(error)
+    if is_openai_path(request.url.path):
+        body = orjson.dumps(error_body(status, error.message))
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
