@@ -2,7 +2,9 @@
 that chains them, written as plain Triton configs (``config.pbtxt``).
 
 ``write_classify_pipeline`` serves any classification network from image bytes;
-``write_detect_pipeline`` any CenterNet-style detector (``detect.centernet``'s contract).
+``write_detect_pipeline`` any CenterNet-style detector (``detect.centernet``'s contract);
+``write_latent_generator`` any class-conditional decoder ``image = f(z, label)`` (a VAE's);
+``diffusion_entry`` is the config of a noise-predicting network behind the step sampler.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from export.repository import EntryConfig
 
 
 @dataclass(frozen=True)
@@ -158,3 +162,51 @@ ensemble_scheduling {{
 }}
 parameters [ {{ key: "task" value: {{ string_value: "detect" }} }} ]
 """)
+
+
+def write_latent_generator(repo: Path, name: str, decoder: str, latent_dim: int, image_dims: tuple[int, ...],
+                           decoder_io: tuple[str, str, str] = ("z", "label", "image"), classes: int = 10) -> None:
+    """``name`` (task image_generation): label, seed -> ``name``_latent (``generate.latent``:
+    z ~ N(0, I) from the seed) -> ``decoder`` -> image in [0, 1]."""
+    latent = f"{name}_latent"
+    request_inputs = ['{ name: "label" data_type: TYPE_INT32 dims: [ 1 ] }',
+                      '{ name: "seed" data_type: TYPE_INT64 dims: [ 1 ] optional: true }']
+    _write(repo, latent, _python(
+        latent, request_inputs,
+        [f'{{ name: "z" data_type: TYPE_FP32 dims: [ {latent_dim} ] }}', '{ name: "class" data_type: TYPE_INT64 dims: [ ] }'],
+        {"processor": "generate.latent", "latent_dim": str(latent_dim), "classes": str(classes)},
+    ))
+    z_in, label_in, image_out = decoder_io
+    steps = ",\n    ".join([
+        _step(latent, {"label": "label", "seed": "seed"}, {"z": "z", "class": "class"}),
+        _step(decoder, {z_in: "z", label_in: "class"}, {image_out: "image"}),
+    ])
+    _write(repo, name, f"""
+name: "{name}"
+platform: "ensemble"
+max_batch_size: 64
+input [ {", ".join(request_inputs)} ]
+output [ {{ name: "image" data_type: TYPE_FP32 dims: [ {_dims(image_dims)} ] }} ]
+ensemble_scheduling {{
+  step [
+    {steps}
+  ]
+}}
+parameters [ {{ key: "task" value: {{ string_value: "image_generation" }} }} ]
+""")
+
+
+def diffusion_entry(name: str, schedule: dict[str, str], *, default_steps: int = 25, default_guidance: float = 2.0,
+                    max_steps: int = 250, max_step_rows: int = 64, classes: int = 10, null_class: int = 10) -> EntryConfig:
+    """The config of a diffusion model (``server.repository.sampler``): decoupled, one image
+    per request, the request tensors left to the loader; ``schedule`` = train_steps,
+    beta_start, beta_end as the network was trained."""
+    return EntryConfig(
+        name, inputs=(), outputs=(), max_batch_size=0, dynamic_batching=None, decoupled=True,
+        parameters={
+            "scheduler": "diffusion", "task": "image_generation", **schedule, "classes": str(classes),
+            "null_class": str(null_class), "default_steps": str(default_steps),
+            "default_guidance_scale": str(default_guidance), "max_steps": str(max_steps),
+            "max_step_rows": str(max_step_rows),
+        },
+    )

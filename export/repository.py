@@ -53,6 +53,7 @@ class EntryConfig:
     instance_count: int = 1
     instance_kind: str = "KIND_CPU"
     parameters: dict[str, str] = field(default_factory=dict)
+    decoupled: bool = False  # model_transaction_policy { decoupled: true }
 
 
 def model_config(entry: EntryConfig) -> mc.ModelConfig:
@@ -67,6 +68,8 @@ def model_config(entry: EntryConfig) -> mc.ModelConfig:
         db = entry.dynamic_batching
         config.dynamic_batching.preferred_batch_size.extend(db.preferred_batch_size)
         config.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_microseconds
+    if entry.decoupled:
+        config.model_transaction_policy.decoupled = True
     config.instance_group.add(count=entry.instance_count, kind=mc.ModelInstanceGroup.Kind.Value(entry.instance_kind))
     for key, value in sorted(entry.parameters.items()):
         config.parameters[key].string_value = value
