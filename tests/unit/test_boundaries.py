@@ -17,7 +17,8 @@ def imported_after(code: str) -> set[str]:
 
 
 def test_schedulers_import_neither_fastapi_nor_a_device_library():
-    modules = imported_after("import server.scheduling.batcher, server.scheduling.queue, server.scheduling.ensemble")
+    modules = imported_after("import server.scheduling.batcher, server.scheduling.queue, server.scheduling.ensemble, "
+                             "server.scheduling.diffusion")
     assert not {"fastapi", "onnxruntime", "grpc", "torch", "server.repository", "server.service"} & modules
 
 
