@@ -33,6 +33,7 @@ lint: install
 bench: install
 	$(PY) -m loadtests.ensemble_overhead --out docs/benchmarks-ensemble.md --json loadtests/results/ensemble-$(shell date -u +%F).json
 	$(PY) -m loadtests.detect_bench --out docs/benchmarks-detect.md --json loadtests/results/detect-$(shell date -u +%F).json
+	$(PY) -m loadtests.images_bench --out docs/benchmarks-images.md --json loadtests/results/images-$(shell date -u +%F).json
 	$(PY) -m loadtests.bench --out docs/benchmarks.md
 	$(PY) -m loadtests.grpc_vs_http --out docs/benchmarks-grpc.md
 	$(PY) -m loadtests.readme_summary --bench-json loadtests/results/bench-latest.json

@@ -267,6 +267,26 @@ def section_detect(results_dir: Path = Path(__file__).with_name("results")) -> l
     ]
 
 
+def section_images(results_dir: Path = Path(__file__).with_name("results")) -> list[str]:
+    """The requirement's verdict from the newest ``images-*.json`` (its own run)."""
+    from loadtests.images_report import headline, verdict
+
+    files = sorted(results_dir.glob("images-*.json"))
+    if not files:
+        return ["Not measured yet: `python -m loadtests.images_bench`."]
+    results = json.loads(files[-1].read_text())
+    h = headline(results)
+    return [
+        (f"`loadtests/images_bench.py`, a separate run (`{files[-1].name}`; images/s, p50 / p99 and rows per network "
+         "call at 1, 4 and 16 concurrent, method and raw figures in `docs/benchmarks-images.md`): `digits_diffusion` "
+         "(step-level batched sampler) against a copy limited to one request per network call, "
+         "`/v1/images/generations`, 25 steps, target >= 4x at 16 concurrent."),
+        "",
+        f"* {verdict(results)}",
+        f"* Server vs in-process lock-step sampling: {_x(h['server_vs_inprocess'])}.",
+    ]
+
+
 def render(data: dict) -> str:
     fig = Figures(data)
     meta = data["meta"]
@@ -339,6 +359,10 @@ def render(data: dict) -> str:
         "## 6. Detection: `/v1/detect` vs the detector in-process",
         "",
         *section_detect(),
+        "",
+        "## 7. Image generation: step-level batching vs one at a time",
+        "",
+        *section_images(),
         "",
         "## Exact configurations",
         "",
