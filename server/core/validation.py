@@ -10,11 +10,43 @@ from server.core.datatypes import numpy_dtype
 from server.core.errors import InvalidInput
 from server.core.types import InferenceRequest, TensorSpec
 
+MAX_NAME_BYTES = 255  # a model name is a folder name: NAME_MAX on Linux
+MAX_VERSION_DIGITS = 19  # int64, as Triton's versions
+
+
+def _shown(text: str) -> str:
+    """A client's string, quoted for an error message: control characters escaped, cut short."""
+    shown = text if len(text) <= 64 else text[:64] + "..."
+    return repr(shown) if not shown.isprintable() else f"'{shown}'"
+
+
+def check_model_name(name: str) -> str:
+    """A model name as given on the wire: one plain folder name of the repository.
+
+    Refused (InvalidInput): empty, ``.``/``..`` and other names starting with a dot (the
+    repository skips hidden folders), a path separator, NUL or another control character,
+    more than 255 bytes. So a name never reaches outside the repository folder.
+    """
+    if not name:
+        raise InvalidInput("model name is empty")
+    problem = ""
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        problem = f"it is longer than {MAX_NAME_BYTES} bytes"
+    elif name.startswith("."):
+        problem = "it starts with '.'"
+    elif "/" in name or "\\" in name:
+        problem = "it holds a path separator"
+    elif not name.isprintable():
+        problem = "it holds a control character"
+    if problem:
+        raise InvalidInput(f"invalid model name {_shown(name)}: {problem}; a model name is one folder name of the repository")
+    return name
+
 
 def check_version(version: str) -> str:
     """A model version as given on the wire: empty (the latest) or a number, as in Triton."""
-    if version and not version.isdigit():
-        raise InvalidInput(f"model version must be a number, got '{version}'")
+    if version and not (version.isascii() and version.isdigit() and len(version) <= MAX_VERSION_DIGITS):
+        raise InvalidInput(f"model version must be a number, got {_shown(version)}")
     return version
 
 

@@ -2,7 +2,17 @@
 
 A model whose config or file is broken is UNAVAILABLE with its reason in the index; the
 others keep serving. A reload builds the new versions first and swaps them in only when
-they are ready, so a failed reload leaves the previous versions serving.
+they are ready, so a failed reload leaves the previous versions serving (the index keeps
+them READY, with the failure as their reason until the next load).
+
+Readiness counts the models meant to be loaded: those found at startup, and those loaded
+successfully since. A client's failed load of a new model is UNAVAILABLE with its reason
+in the index but does not take the server's readiness down.
+
+Safety: model names are checked (:func:`check_model_name`) before any path is built from
+them; files named by a config or a load request stay inside the model's folder
+(:func:`file_in_model`); error messages show repository-relative paths, never the
+server's absolute ones.
 
 Ensembles follow their steps: loading one first loads any step model that is not loaded
 yet; it is READY only while every step model is; unloading a step leaves its ensembles
@@ -21,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.core.errors import DeepserveError, InvalidInput, ModelNotFound, Unavailable
+from server.core.validation import check_model_name, check_version
 from server.observability.metrics import Metrics
 from server.observability.stats import ModelTelemetry
 from server.repository.config import ModelConfig, read_config
@@ -28,6 +39,7 @@ from server.repository.loaded import LoadedModel
 from server.repository.model import (
     LoadOptions,
     check_wiring,
+    file_in_model,
     is_ensemble,
     load_ensemble,
     load_version,
@@ -48,6 +60,8 @@ class ModelEntry:
     versions: dict[str, LoadedModel] = field(default_factory=dict)  # the serving ones
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     temp_dir: Path | None = None  # files given with a load request live here
+    counted: bool = False  # meant to be loaded: counts for the server's readiness
+    failure: str = ""  # why the last load failed while versions kept serving ("" = it did not)
 
 
 class ModelRepository:
@@ -66,7 +80,7 @@ class ModelRepository:
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and not path.name.startswith(".") and path.name not in self._entries:
                 try:  # (an ensemble has loaded its steps already)
-                    await self.load(path.name)
+                    await self.load(path.name, startup=True)
                 except DeepserveError as exc:
                     log.error("model %s is UNAVAILABLE: %s", path.name, exc.message)
 
@@ -79,6 +93,7 @@ class ModelRepository:
     def get(self, name: str, version: str = "") -> LoadedModel:
         entry = self._entries.get(name)
         if entry is None:
+            check_model_name(name)  # a clear 400 for a name that can never be a model
             raise ModelNotFound(f"unknown model '{name}'")
         if not entry.versions:
             raise Unavailable(f"model '{name}' is not ready ({entry.state}{': ' + entry.reason if entry.reason else ''})")
@@ -87,6 +102,7 @@ class ModelRepository:
         else:
             model = entry.versions.get(version)
             if model is None:
+                check_version(version)
                 raise ModelNotFound(f"model '{name}' has no ready version '{version}'; ready: {sorted(entry.versions, key=int)}")
         if model.steps:
             reason = self._missing_step(model)
@@ -111,8 +127,10 @@ class ModelRepository:
         return entry.state, entry.reason
 
     def ready(self) -> bool:
-        """Server readiness: every model that is meant to be loaded is READY."""
-        return all(self._state(e)[0] == READY for e in self._entries.values() if e.reason != "unloaded")
+        """Server readiness: every model that is meant to be loaded is READY — those found
+        at startup and those loaded successfully since; not the explicitly unloaded ones,
+        nor a new model whose client load request failed."""
+        return all(self._state(e)[0] == READY for e in self._entries.values() if e.counted)
 
     def versions(self, name: str) -> tuple[str, ...]:
         """The ready versions of one model, oldest first (one dict lookup)."""
@@ -132,6 +150,8 @@ class ModelRepository:
                 rows.append({"name": name, "state": UNAVAILABLE, "reason": "unloaded"})
                 continue
             state, reason = self._state(entry)
+            if state == READY and entry.failure:
+                reason = entry.failure
             for version in sorted(entry.versions, key=int):
                 rows.append({"name": name, "version": version, "state": state, "reason": reason})
             if not entry.versions:
@@ -146,29 +166,39 @@ class ModelRepository:
         config: ModelConfig | None = None,
         files: dict[str, bytes] | None = None,
         chain: tuple[str, ...] = (),
+        startup: bool = False,
     ) -> None:
         """(Re)load a model; ``config`` overrides the folder's, ``files`` replace its files.
-        ``chain``: the ensembles whose loading asked for this one (to refuse cycles)."""
+        ``chain``: the ensembles whose loading asked for this one (to refuse cycles).
+        ``startup``: the model is meant to be loaded (the repository scan), so it counts for
+        readiness even when its load fails; a client's load counts once it succeeds."""
+        check_model_name(name)
         if files and config is None:
             raise InvalidInput("loading with files requires a config")
         if not files and not (self.root / name).is_dir():  # before an entry exists for it
-            raise ModelNotFound(f"no model folder '{name}' in the repository {self.root}")
+            raise ModelNotFound(f"no model folder '{name}' in the model repository")
         entry = self._entries.setdefault(name, ModelEntry(name))
         async with entry.lock:
-            model_dir, temp_dir = self._model_dir(name, files)
-            if entry.state != READY:
+            entry.counted = entry.counted or startup
+            if not entry.versions:
                 entry.state, entry.reason = LOADING, ""
+            temp_dir: Path | None = None
             try:
-                new = await self._load_versions(name, model_dir, config, chain)
-            except DeepserveError as exc:
+                model_dir, temp_dir = self._model_dir(name, files)
+                new = await self._load_versions(name, model_dir, config, chain, startup)
+            except BaseException as exc:  # CancelledError too: the entry never stays LOADING
                 if temp_dir is not None:
                     shutil.rmtree(temp_dir, ignore_errors=True)
-                if not entry.versions:
-                    entry.state, entry.reason = UNAVAILABLE, exc.message
+                message = exc.message if isinstance(exc, DeepserveError) else f"the load was interrupted ({type(exc).__name__})"
+                message = message or f"{type(exc).__name__} (no message)"
+                if entry.versions:  # a failed reload: the previous versions keep serving
+                    entry.failure = f"the last load failed, version(s) {sorted(entry.versions, key=int)} still serving: {message}"
+                else:
+                    entry.state, entry.reason = UNAVAILABLE, message
                 raise
             old, old_temp = entry.versions, entry.temp_dir
             entry.versions, entry.temp_dir = new, temp_dir
-            entry.state, entry.reason = READY, ""
+            entry.state, entry.reason, entry.failure, entry.counted = READY, "", "", True
             await self._retire(old.values(), keep_series=set(new))
             if old_temp is not None:
                 shutil.rmtree(old_temp, ignore_errors=True)
@@ -177,6 +207,7 @@ class ModelRepository:
         """Unload a model (queued and running requests finish first). With
         ``unload_dependents``, an ensemble's step models that no other loaded ensemble
         uses are unloaded too (Triton's semantics)."""
+        check_model_name(name)
         entry = self._entries.get(name)
         if entry is None:
             if (self.root / name).is_dir():
@@ -187,7 +218,7 @@ class ModelRepository:
             entry.state = UNLOADING
             old, entry.versions = entry.versions, {}
             await self._retire(old.values())
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            entry.state, entry.reason, entry.failure, entry.counted = UNAVAILABLE, "unloaded", "", False
             if entry.temp_dir is not None:
                 shutil.rmtree(entry.temp_dir, ignore_errors=True)
                 entry.temp_dir = None
@@ -199,24 +230,50 @@ class ModelRepository:
     # -- helpers ---------------------------------------------------------------------
 
     def _model_dir(self, name: str, files: dict[str, bytes] | None) -> tuple[Path, Path | None]:
+        """The folder to load from, and the temporary folder to delete with the model (the
+        files of a load request are written to ``<temp>/<name>/``, so messages name them
+        ``<name>/<version>/<file>`` as they would in the repository)."""
         if not files:
             path = self.root / name
             if not path.is_dir():
-                raise ModelNotFound(f"no model folder '{name}' in the repository {self.root}")
+                raise ModelNotFound(f"no model folder '{name}' in the model repository")
             return path, None
-        temp = Path(tempfile.mkdtemp(prefix=f"deepserve-{name}-"))
-        for key, data in files.items():
-            relative = Path(key.removeprefix("file:"))
-            if not key.startswith("file:") or relative.is_absolute() or ".." in relative.parts:
-                shutil.rmtree(temp, ignore_errors=True)
-                raise InvalidInput(f"file parameter '{key}' must look like 'file:<version>/<filename>'")
-            target = temp / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        return temp, temp
+        for key in files:
+            relative = key.removeprefix("file:")
+            parts = relative.split("/")
+            if (not key.startswith("file:") or len(parts) < 2 or "\\" in relative
+                    or any(not p or p in (".", "..") or not p.isprintable() for p in parts)):
+                raise InvalidInput(f"file parameter {key!r} must look like 'file:<version>/<filename>' (no '..', no absolute path)")
+        temp = Path(tempfile.mkdtemp(prefix="deepserve-load-"))
+        model_dir = temp / name
+        try:
+            for key, data in files.items():
+                relative = key.removeprefix("file:")
+                target = file_in_model(model_dir, model_dir, relative, "file parameter")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        except (OSError, DeepserveError) as exc:
+            shutil.rmtree(temp, ignore_errors=True)
+            if isinstance(exc, DeepserveError):
+                raise
+            raise InvalidInput(f"the load request's files cannot be written: {exc.strerror or type(exc).__name__}") from None
+        return model_dir, temp
 
     async def _load_versions(
-        self, name: str, model_dir: Path, override: ModelConfig | None, chain: tuple[str, ...]
+        self, name: str, model_dir: Path, override: ModelConfig | None, chain: tuple[str, ...], startup: bool = False
+    ) -> dict[str, LoadedModel]:
+        try:
+            return await self._build_versions(name, model_dir, override, chain, startup)
+        except DeepserveError as exc:
+            text = _scrub(exc.message, model_dir, self.root)
+            if text == exc.message:
+                raise
+            raise _with_message(exc, text) from None
+        except Exception as exc:  # e.g. an unreadable config file
+            raise InvalidInput(_scrub(f"model '{name}' failed to load: {exc!r}", model_dir, self.root)) from exc
+
+    async def _build_versions(
+        self, name: str, model_dir: Path, override: ModelConfig | None, chain: tuple[str, ...], startup: bool
     ) -> dict[str, LoadedModel]:
         config = override if override is not None else await asyncio.to_thread(read_config, model_dir)
         versions = select_versions(model_dir, config)
@@ -227,7 +284,7 @@ class ModelRepository:
                 telemetry = ModelTelemetry(self.metrics.model(name, version), name, version)
                 if is_ensemble(config):
                     model = load_ensemble(name, version, config, telemetry, self.get)
-                    await self._load_steps(model, (*chain, name))
+                    await self._load_steps(model, (*chain, name), startup)
                 elif is_diffusion(config):
                     model = await asyncio.to_thread(load_diffusion, name, version, model_dir, config, self.options, telemetry)
                 else:
@@ -243,7 +300,7 @@ class ModelRepository:
             raise InvalidInput(f"model '{name}' failed to load: {exc!r}") from exc
         return loaded
 
-    async def _load_steps(self, ensemble: LoadedModel, chain: tuple[str, ...]) -> None:
+    async def _load_steps(self, ensemble: LoadedModel, chain: tuple[str, ...], startup: bool = False) -> None:
         """Load the step models that are not loaded yet, then check the ensemble's wiring."""
         for step in ensemble.steps:
             if step in chain:
@@ -252,7 +309,7 @@ class ModelRepository:
             if entry is not None and entry.versions:
                 continue
             try:
-                await self.load(step, chain=chain)
+                await self.load(step, chain=chain, startup=startup)
             except DeepserveError as exc:
                 raise InvalidInput(f"ensemble '{ensemble.name}': step model '{step}' failed to load: {exc.message}") from None
         check_wiring(ensemble, self.get)
@@ -267,3 +324,20 @@ class ModelRepository:
             await asyncio.to_thread(model.unload_instances)
             if model.version not in keep_series:
                 self.metrics.forget(model.name, model.version)
+
+
+def _scrub(message: str, model_dir: Path, root: Path) -> str:
+    """``message`` with the server's absolute paths made repository-relative: the model's
+    folder becomes its name (``/srv/models/digits/1/model.onnx`` -> ``digits/1/model.onnx``;
+    a load request's temporary folder likewise), the repository folder goes."""
+    for folder, shown in ((model_dir, model_dir.name), (root, "")):
+        for form in dict.fromkeys((str(folder), str(folder.resolve()))):
+            message = message.replace(form + "/", f"{shown}/" if shown else "").replace(form, shown or ".")
+    return message
+
+
+def _with_message(error: DeepserveError, message: str) -> DeepserveError:
+    """The same kind of error (same status) with another message."""
+    scrubbed = error.with_prefix("")
+    scrubbed.message, scrubbed.args = message, (message,)
+    return scrubbed

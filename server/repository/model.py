@@ -46,6 +46,34 @@ def is_ensemble(config: ModelConfig | None) -> bool:
     return config is not None and config.platform == ENSEMBLE
 
 
+def shown_path(path: Path, model_dir: Path) -> str:
+    """``path`` as error messages show it: relative to the repository (``digits/1/model.onnx``),
+    never the server's absolute path. ``model_dir`` is the model's folder."""
+    try:
+        return str(Path(model_dir.name) / path.relative_to(model_dir))
+    except ValueError:
+        return path.name
+
+
+def file_in_model(model_dir: Path, base: Path, filename: str, what: str) -> Path:
+    """``base / filename`` (``base``: the model folder or one of its version folders), refused
+    with InvalidInput unless it stays inside the model's folder: ``filename`` comes from a
+    config, which a client may send with a load request. An absolute name, a ``..`` part,
+    NUL, or a symlink whose target lies outside the (real) model folder is refused. The
+    model folder itself may be a symlink (the operator's layout)."""
+    relative = Path(filename)
+    if not filename or "\0" in filename or relative.is_absolute() or ".." in relative.parts:
+        raise InvalidInput(f"{what} {filename!r} must be a file name inside the model's folder (no absolute path, no '..')")
+    path = base / relative
+    try:
+        real, root = path.resolve(), model_dir.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise InvalidInput(f"{what} {filename!r} cannot be resolved") from None
+    if not real.is_relative_to(root):
+        raise InvalidInput(f"{what} {filename!r} ({shown_path(path, model_dir)}) points outside the model's folder")
+    return path
+
+
 def find_kind(config: ModelConfig | None, version_dir: Path) -> RuntimeKind:
     if config is not None and (config.platform or config.backend):
         return runtimes.kind_for(config.platform, config.backend)
@@ -53,18 +81,24 @@ def find_kind(config: ModelConfig | None, version_dir: Path) -> RuntimeKind:
         if any((version_dir / name).exists() for name in kind.filenames):
             return kind
     expected = [name for kind in runtimes.KINDS for name in kind.filenames]
-    raise InvalidInput(f"no model file in {version_dir}: expected one of {expected} or a config naming the platform/backend")
+    raise InvalidInput(
+        f"no model file in {shown_path(version_dir, version_dir.parent)}: expected one of {expected} "
+        "or a config naming the platform/backend"
+    )
 
 
 def model_file(kind: RuntimeKind, config: ModelConfig, version_dir: Path) -> Path:
     """The file to load: ``default_model_filename``, else the first of the kind's names
-    that exists. A python model named by its ``processor`` parameter has no file."""
+    that exists. A python model named by its ``processor`` parameter has no file.
+    The file must lie inside the model's folder (see :func:`file_in_model`)."""
+    model_dir = version_dir.parent
     if config.default_model_filename:
-        path = version_dir / config.default_model_filename
+        path = file_in_model(model_dir, version_dir, config.default_model_filename, "default_model_filename")
     else:
         path = next((version_dir / n for n in kind.filenames if (version_dir / n).exists()), version_dir / kind.default_filename)
+        path = file_in_model(model_dir, version_dir, path.name, "model file")
     if not path.exists() and not (kind.backend == "python" and parameters(config).get("processor")):
-        raise InvalidInput(f"model file {path} does not exist")
+        raise InvalidInput(f"model file {shown_path(path, model_dir)} does not exist")
     return path
 
 
@@ -179,9 +213,9 @@ def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
     labels: dict[str, list[str]] = {}
     for output in config.output:
         if output.label_filename:
-            path = model_dir / output.label_filename
+            path = file_in_model(model_dir, model_dir, output.label_filename, f"label_filename of output '{output.name}'")
             if not path.is_file():
-                raise InvalidInput(f"label file {output.label_filename} of output '{output.name}' does not exist")
+                raise InvalidInput(f"label file {shown_path(path, model_dir)} of output '{output.name}' does not exist")
             labels[output.name] = path.read_text().splitlines()
     return labels
 
@@ -189,7 +223,7 @@ def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
 def select_versions(model_dir: Path, config: ModelConfig | None) -> list[str]:
     """Numeric version folders chosen by ``version_policy`` (default: the latest one).
     An ensemble without a version folder is version 1."""
-    available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
     if not available and is_ensemble(config):
         return ["1"]
     if not available:

@@ -137,7 +137,7 @@ class PythonRuntime:
 def _model_class(path: Path, module_name: str, wanted: str) -> type:
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise InvalidInput(f"{path} is not a Python file")
+        raise InvalidInput(f"{path.name} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look modules up here
     spec.loader.exec_module(module)

@@ -74,8 +74,9 @@ class TorchRuntime:
         if options.intra_op_threads > 0:
             torch.set_num_threads(options.intra_op_threads)  # process-wide: see the module docstring
         if model_path.suffix == ".pt2":
-            program = _read(model_path, "a torch.export program (saved with torch.export.save)",
-                            lambda: torch.export.load(str(model_path)))
+            what = "a torch.export program (saved with torch.export.save)"
+            _read(model_path, what, lambda: check_program_archive(model_path))
+            program = _read(model_path, what, lambda: torch.export.load(str(model_path)))
             self._declared = program_signature(program)
             self._in_spec = program.call_spec.in_spec
             self._module = _on_device(lambda: place_program(program, str(self._device)), options.device)
@@ -211,7 +212,50 @@ def _on_device(place: Any, device: str) -> Any:
         raise Unavailable(f"cannot place the model on '{device}': {exc}") from None
 
 
+# No pickle. A model file may come from a client (a load request's files), so loading it
+# must never run Python's pickle, which can call any function:
+# - TorchScript (``torch.jit.load``): the archive's ``data.pkl``/``constants.pkl`` are read by
+#   TorchScript's own C++ unpickler, which rebuilds only tensors, primitive values and
+#   TorchScript classes of the archive's compilation unit; it imports no Python module and
+#   calls no Python callable, so it is pickle-free in that sense. (The model's TorchScript
+#   code itself runs when the model does, like any model file's graph.)
+# - torch.export (``torch.export.load``) is not: it unpickles weights saved with
+#   ``use_pickle`` (``torch.load(weights_only=False)``), opaque constants (``pickle.loads``),
+#   retries the sample inputs with ``weights_only=False`` when ``weights_only=True`` fails,
+#   and loads an AOTInductor package's native library. ``check_program_archive`` refuses
+#   every such archive before ``torch.export.load`` sees it.
+_PICKLE_FREE_PREFIXES = ("weight_", "tensor_")  # raw tensor payloads (WEIGHT_/TENSOR_CONSTANT_FILENAME_PREFIX)
+
+
+def check_program_archive(path: Path) -> None:
+    """Refuse a ``.pt2`` whose loading would unpickle or load native code (see above)."""
+    import io
+    import json
+
+    import torch
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name.partition("/")[2]: name for name in archive.namelist()}  # without the root folder
+        if "archive_format" not in members or not any(m.startswith("models/") for m in members):
+            raise ValueError("not a torch.export.save archive of the current format (older formats are unpickled)")
+        for member, full in members.items():
+            if member.startswith("data/aotinductor/"):
+                raise ValueError("it is an AOTInductor package (native code); serve a torch.export program")
+            config = member.startswith(("data/weights/", "data/constants/")) and member.endswith("_config.json")
+            if config:
+                for key, payload in json.loads(archive.read(full)).get("config", {}).items():
+                    if payload.get("use_pickle") or not str(payload.get("path_name", "")).startswith(_PICKLE_FREE_PREFIXES):
+                        raise ValueError(f"'{key}' is stored pickled (a tensor subclass or a custom object); "
+                                         "deepserve never unpickles model files")
+            elif member.endswith(".pt") and member.startswith(("data/sample_inputs/", "data/weights/", "data/constants/")):
+                try:  # torch would retry these with weights_only=False
+                    torch.load(io.BytesIO(archive.read(full)), weights_only=True)
+                except Exception:
+                    raise ValueError(f"{member} holds objects other than tensors; deepserve never unpickles model files") from None
+
+
 def _jit_load(path: Path, device: Any) -> Any:
+    """TorchScript: pickle-free (see above)."""
     import torch
 
     with warnings.catch_warnings():
