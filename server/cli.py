@@ -34,6 +34,8 @@ def serve(
     strict_readiness: Annotated[Optional[bool], typer.Option("--strict-readiness/--no-strict-readiness", help="Ready only when every model is ready (default on). (env: DEEPSERVE_STRICT_READINESS)", show_default=False)] = None,
     default_max_batch_size: Annotated[Optional[int], _opt("max_batch_size for config-less ONNX models (default 4).", "DEFAULT_MAX_BATCH_SIZE")] = None,
     default_max_queue_size: Annotated[Optional[int], _opt("Queue bound where a config sets none (default 1024).", "DEFAULT_MAX_QUEUE_SIZE")] = None,
+    drain_seconds: Annotated[Optional[float], _opt("After SIGTERM, seconds new requests get 503 while load balancers move away (default 5; 0 = none).", "DRAIN_SECONDS")] = None,
+    drain_timeout_seconds: Annotated[Optional[float], _opt("After SIGTERM, most seconds (drain period included) requests in flight get to finish; the rest get 503 (default 30).", "DRAIN_TIMEOUT_SECONDS")] = None,
     cpu_threads: Annotated[Optional[int], _opt("Cores the runtimes share (default all).", "CPU_THREADS")] = None,
     log_level: Annotated[Optional[str], _opt("debug, info, warning, error (default info).", "LOG_LEVEL")] = None,
 ) -> None:
@@ -43,6 +45,7 @@ def serve(
         "metrics_port": metrics_port, "grpc_enabled": grpc, "max_request_bytes": max_request_bytes,
         "grpc_max_message_bytes": grpc_max_message_bytes, "strict_readiness": strict_readiness,
         "default_max_batch_size": default_max_batch_size, "default_max_queue_size": default_max_queue_size,
+        "drain_seconds": drain_seconds, "drain_timeout_seconds": drain_timeout_seconds,
         "cpu_threads": cpu_threads, "log_level": log_level,
     }
     settings = Settings(**{k: v for k, v in given.items() if v is not None})

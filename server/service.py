@@ -7,12 +7,13 @@ otherwise); they never touch the repository's internals, a scheduler or a runtim
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from server.core.datatypes import datatype_of
-from server.core.errors import DeepserveError, InvalidInput
+from server.core.errors import DeepserveError, InvalidInput, Unavailable
 from server.core.types import InferenceRequest, InferenceResponse, OutputTensor, TensorSpec
 from server.core.validation import classify
 from server.repository.config import ModelConfig, config_from_json
@@ -30,6 +31,22 @@ EXTENSIONS = (
     "parameters",
     "statistics",
 )
+
+
+# Sent as Retry-After with the 503s of a draining server: the client should retry at once,
+# and the load balancer send it to another replica.
+SHUTDOWN_RETRY_AFTER_S = 1.0
+
+
+class _Call:
+    """One inference inside the service, known to the drain: the task awaiting the model
+    (None while a stream waits for its consumer) and whether the drain gave up on it."""
+
+    __slots__ = ("task", "aborted")
+
+    def __init__(self, task: asyncio.Task | None) -> None:
+        self.task = task
+        self.aborted = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +67,11 @@ class InferenceService:
         self.version = version
         self.strict_readiness = strict_readiness
         self._live = True
+        # Set by the shutdown (SIGTERM): not ready, and new inferences are answered 503 while
+        # the ones in ``_calls`` finish (``server/serve.py`` drains; liveness is unchanged).
         self.shutting_down = False
+        self._calls: set[_Call] = set()
+        self._idle: asyncio.Event | None = None
 
     # -- health and metadata ---------------------------------------------------------
 
@@ -108,22 +129,82 @@ class InferenceService:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate, queue, run, and shape the one response (requested outputs, classification)."""
+        self._check_accepting()
         model = self.repository.get(request.model_name, request.model_version)
         if model.decoupled:
             raise InvalidInput(
                 f"model '{model.name}' is decoupled (it may send several responses per request): use gRPC "
                 "ModelStreamInfer or HTTP POST .../generate_stream instead of infer"
             )
-        outputs = await model.infer(request)
+        call = _Call(asyncio.current_task())
+        self._calls.add(call)
+        try:
+            outputs = await model.infer(request)
+        except asyncio.CancelledError:
+            if not call.aborted:
+                raise
+            raise _given_up(cancelled=True) from None
+        finally:
+            self._leave(call)
         return self._response(request, model, outputs)
 
     async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Every response of the request as it is produced. Closing the iterator early
         stops the model's producer and frees its slot."""
+        self._check_accepting()
         model = self.repository.get(request.model_name, request.model_version)
-        async with aclosing(model.stream(request)) as responses:
-            async for outputs in responses:
-                yield self._response(request, model, outputs)
+        call = _Call(None)  # the task that drives a stream may change between responses
+        self._calls.add(call)
+        try:
+            async with aclosing(model.stream(request)) as responses:
+                while True:
+                    if call.aborted:
+                        raise _given_up(cancelled=False)
+                    call.task = asyncio.current_task()
+                    try:
+                        outputs = await anext(responses)
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        if not call.aborted:
+                            raise
+                        raise _given_up(cancelled=True) from None
+                    finally:
+                        call.task = None
+                    yield self._response(request, model, outputs)
+        finally:
+            self._leave(call)
+
+    # -- the drain (server/serve.py) ---------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        if self.shutting_down:
+            raise Unavailable("the server is shutting down; retry on another replica", SHUTDOWN_RETRY_AFTER_S)
+
+    def _leave(self, call: _Call) -> None:
+        self._calls.discard(call)
+        if not self._calls and self._idle is not None:
+            self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        """Inferences (and streams) accepted and not yet answered in full."""
+        return len(self._calls)
+
+    async def wait_idle(self) -> None:
+        """Return once no inference is in flight (once ``shutting_down``, none starts)."""
+        while self._calls:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    def abort_inflight(self) -> int:
+        """Answer every inference still in flight with a 503 (UNAVAILABLE): the drain timeout
+        passed. A stream between two responses ends with that error when next read."""
+        for call in self._calls:
+            call.aborted = True
+            if call.task is not None:
+                call.task.cancel()
+        return len(self._calls)
 
     def _response(self, request: InferenceRequest, model: LoadedModel, outputs: dict) -> InferenceResponse:
         specs = {spec.name: spec for spec in model.outputs}
@@ -144,6 +225,18 @@ class InferenceService:
                     continue
                 tensors.append(OutputTensor(spec.name, _datatype(spec, array), array))
         return InferenceResponse(model.name, model.version, tensors, request.id)
+
+
+def _given_up(cancelled: bool) -> Unavailable:
+    """The error of an inference the drain gave up on; when it did so by cancelling this
+    task, the cancellation is withdrawn: the task goes on to send this answer."""
+    task = asyncio.current_task()
+    if cancelled and task is not None and task.cancelling():
+        task.uncancel()
+    return Unavailable(
+        "the server is shutting down and stopped waiting for this request (drain timeout or a second signal); retry it",
+        SHUTDOWN_RETRY_AFTER_S,
+    )
 
 
 def _datatype(spec: TensorSpec, array) -> str:

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     default_max_queue_size: int = Field(
         1024, gt=0, description="Queue bound for models whose config sets none; a full queue answers 503."
     )
+    drain_seconds: float = Field(
+        5.0, ge=0, description="After SIGTERM: seconds new requests get 503 (not ready, listeners open) so load balancers move away; 0 = none."
+    )
+    drain_timeout_seconds: float = Field(
+        30.0, ge=0, description="After SIGTERM: most seconds (drain period included) requests in flight get; those still running then get 503."
+    )
     cpu_threads: int = Field(0, ge=0, description="Cores the runtimes share (0 = all); split across instances.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     build_default_repository: bool = Field(

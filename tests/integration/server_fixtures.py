@@ -216,17 +216,33 @@ def running_server(
 ) -> Iterator[ServerHandle]:
     """``python -m server.cli serve`` on free loopback ports, once ``/v2/health/<wait_for>``
     answers 200 (``live`` for a server that is not meant to become ready); SIGTERM on exit."""
+    with server_process(repo, extra_env=extra_env, timeout_s=timeout_s, wait_for=wait_for) as (handle, _):
+        yield handle
+
+
+@contextlib.contextmanager
+def server_process(
+    repo: Path,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+    wait_for: str = "ready",
+) -> Iterator[tuple[ServerHandle, subprocess.Popen]]:
+    """:func:`running_server` that also yields the process (for tests that signal it and
+    read its exit code); ``extra_args`` go after the default flags (a later flag wins).
+    The drain period after SIGTERM is 0 unless ``extra_env`` or ``extra_args`` set one."""
     http_port, grpc_port = free_port(), free_port()
     log_path = Path(tempfile.mkstemp(prefix="deepserve-test-", suffix=".log")[1])
     env = {
         **os.environ,
         "DEEPSERVE_GRPC_MAX_MESSAGE_BYTES": str(SMALL_MESSAGE_BYTES),
+        "DEEPSERVE_DRAIN_SECONDS": "0",  # tearing a test server down does not wait for load balancers
         **(extra_env or {}),
     }
     cmd = [
         sys.executable, "-m", "server.cli", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
         "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--max-request-bytes", str(SMALL_MESSAGE_BYTES), "--log-level", "warning",
+        "--max-request-bytes", str(SMALL_MESSAGE_BYTES), "--log-level", "warning", *extra_args,
     ]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -236,7 +252,7 @@ def running_server(
             _wait_ready(proc, f"http://127.0.0.1:{http_port}/v2/health/{wait_for}", timeout_s)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n--- server log ---\n{handle.log()}") from None
-        yield handle
+        yield handle, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -1,8 +1,10 @@
 """The grpc.aio server: ``inference.GRPCInferenceService``, ``grpc.health.v1.Health`` and
 server reflection, in the same process and event loop as the HTTP server.
 
-``serve`` calls :func:`start_grpc` after the repository has loaded and
-``GrpcServer.aclose()`` on shutdown (after setting ``service.shutting_down``).
+``serve`` calls :func:`start_grpc` after the repository has loaded. On SIGTERM it sets
+``service.shutting_down`` and calls ``GrpcServer.drain()`` (health answers NOT_SERVING at
+once; the port stays open and new inferences get UNAVAILABLE), waits for the inferences in
+flight, then ``GrpcServer.aclose(grace_s)``.
 """
 
 from __future__ import annotations
@@ -64,8 +66,14 @@ class GrpcServer:
             await self.health.refresh()
             await asyncio.sleep(HEALTH_REFRESH_S)
 
+    async def drain(self) -> None:
+        """The server is draining (``service.shutting_down``): tell ``Watch`` subscribers
+        NOT_SERVING now rather than at the next refresh. Calls are still taken."""
+        await self.health.refresh()
+
     async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        """Answer NOT_SERVING, refuse new calls, let running ones finish within ``grace_s``."""
+        """Answer NOT_SERVING, refuse new calls, let running ones finish within ``grace_s``
+        (then they are cancelled: idle streams a client keeps open, for one)."""
         self._refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._refresher
