@@ -41,7 +41,7 @@ class ServerProcess:
     def start(self, timeout_s: float = 180.0) -> None:
         with open(self.log_path or os.devnull, "wb") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                list(self.cmd), env={**os.environ, **self.env_extra}, stdout=log, stderr=subprocess.STDOUT,
+                list(self.cmd), env={**os.environ, "DEEPSERVE_DRAIN_SECONDS": "0", **self.env_extra}, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.cwd, start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
