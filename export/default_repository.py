@@ -16,7 +16,13 @@ import torch
 from export.families import Family, get_family
 from export.onnx import export_onnx, ort_runner
 from export.parity import ParityReport, check_elementwise
-from export.pipelines import ImagePreprocess, write_classify_pipeline, write_detect_pipeline
+from export.pipelines import (
+    ImagePreprocess,
+    diffusion_entry,
+    write_classify_pipeline,
+    write_detect_pipeline,
+    write_latent_generator,
+)
 from export.repository import (
     FINGERPRINT_KEY,
     DynamicBatching,
@@ -42,9 +48,14 @@ def export_family_entry(
     weights: Path | None = None,
     version: int = 1,
     force: bool = False,
+    entry: EntryConfig | None = None,
 ) -> ParityReport | None:
-    """Write ``dest/name`` as the family's fp32 ONNX; None when already up to date."""
-    entry = _entry_for(family, name, batching)
+    """Write ``dest/name`` as the family's fp32 ONNX; None when already up to date.
+
+    ``entry``: the config to write instead of the family's batched one (a diffusion
+    model's, say); its tensors are written as given, not taken from the graph."""
+    custom = entry is not None
+    entry = entry or _entry_for(family, name, batching)
     print_ = fingerprint(family.weights_digest(weights), repr(family.spec), config_text(model_config(entry)),
                          torch.__version__, onnx.__version__)
     if not force and is_up_to_date(dest, name, print_, version):
@@ -54,17 +65,22 @@ def export_family_entry(
     model = export_onnx(module, family.spec)
     held = family.held_out()[0] if family.held_out is not None else None
     report = check_elementwise("fp32", module, ort_runner(model, family.spec), family.spec, held)
-    inputs, outputs = tensors_from_onnx(model, labels_for=family.label_output if family.labels else None)
-    entry = replace(entry, inputs=inputs, outputs=outputs, parameters={**entry.parameters, FINGERPRINT_KEY: print_})
-    write_entry(dest, entry, model.SerializeToString(), version=version, labels=family.labels)
+    if not custom:
+        inputs, outputs = tensors_from_onnx(model, labels_for=family.label_output if family.labels else None)
+        entry = replace(entry, inputs=inputs, outputs=outputs)
+    entry = replace(entry, parameters={**entry.parameters, FINGERPRINT_KEY: print_})
+    write_entry(dest, entry, model.SerializeToString(), version=version, labels=None if custom else family.labels)
     log.info("wrote %s: %s", dest / name, report.summary())
     return report
 
 
+_TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}  # IOSpec.dtype -> Triton's data_type
+
+
 def _entry_for(family: Family, name: str, batching: bool) -> EntryConfig:
     spec = family.spec
-    inputs = tuple(TensorConfig(i.name, "TYPE_FP32", i.dims) for i in spec.inputs)
-    outputs = tuple(TensorConfig(o.name, "TYPE_FP32", o.dims, "labels.txt" if family.labels and o.name == family.label_output else None)
+    inputs = tuple(TensorConfig(i.name, _TRITON_TYPES[i.dtype], i.dims) for i in spec.inputs)
+    outputs = tuple(TensorConfig(o.name, _TRITON_TYPES[o.dtype], o.dims, "labels.txt" if family.labels and o.name == family.label_output else None)
                     for o in spec.outputs)
     db = DynamicBatching(family.preferred_batch_size, 500) if batching else None
     return EntryConfig(name, inputs, outputs, max_batch_size=family.max_batch_size, dynamic_batching=db)
@@ -73,7 +89,9 @@ def _entry_for(family: Family, name: str, batching: bool) -> EntryConfig:
 def build_default_repository(dest: Path, *, force: bool = False) -> None:
     """``digits``: the trained digits CNN, fp32 ONNX, dynamically batched on one CPU instance;
     ``digits_classify``: the ensemble /v1/classify calls (any image of a digit -> top-k);
-    ``shapes``: the shapes detector, fp32 ONNX; ``shapes_detect``: the ensemble /v1/detect calls."""
+    ``shapes``: the shapes detector, fp32 ONNX; ``shapes_detect``: the ensemble /v1/detect calls;
+    ``digits_vae`` (generate.latent -> ``digits_vae_decoder``) and ``digits_vae_encoder``;
+    ``digits_diffusion``: the U-Net behind the step-level DDIM sampler."""
     from models import shapes_detector
 
     dest = Path(dest)
@@ -85,6 +103,26 @@ def build_default_repository(dest: Path, *, force: bool = False) -> None:
     shapes = get_family("shapes")
     export_family_entry(dest, shapes, "shapes", force=force)
     write_detect_pipeline(dest, "shapes_detect", "shapes", shapes.spec.inputs[0].shape[-1], shapes_detector.LABELS)
+    build_generative_entries(dest, force=force)
+
+
+def build_generative_entries(dest: Path, *, force: bool = False) -> None:
+    """The digits VAE (decoder behind a latent-sampling ensemble, encoder as an embedding
+    model) and the diffusion U-Net behind the sampler, with the schedule it was trained on
+    and the defaults the recipe measured (``models/results/digits_generation.json``)."""
+    from models import checkpoint, digit_unet
+    from models.eval_generation import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    decoder = get_family("digits_vae_decoder")
+    export_family_entry(dest, decoder, "digits_vae_decoder", force=force)
+    export_family_entry(dest, get_family("digits_vae_encoder"), "digits_vae_encoder", force=force)
+    latent_dim = decoder.spec.inputs[0].shape[-1]
+    write_latent_generator(dest, "digits_vae", "digits_vae_decoder", latent_dim, decoder.spec.outputs[0].shape[1:])
+    config = digit_unet.config_from_metadata(checkpoint.metadata(digit_unet.WEIGHTS))
+    schedule = {"train_steps": str(config.train_steps), "beta_start": str(config.beta_start), "beta_end": str(config.beta_end)}
+    entry = diffusion_entry("digits_diffusion", schedule, default_steps=DEFAULT_STEPS,
+                            default_guidance=DEFAULT_GUIDANCE)
+    export_family_entry(dest, get_family("digits_unet"), "digits_diffusion", entry=entry, force=force)
 
 
 def build_benchmark_repository(dest: Path, *, force: bool = False) -> None:
