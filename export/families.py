@@ -216,6 +216,104 @@ def _shapes_family() -> Family:
                   _shapes_calibration, max_batch_size=16, preferred_batch_size=(4, 8), metric=shapes_metric())
 
 
+# -- generative digits: VAE encoder / decoder, diffusion U-Net ---------------------------
+
+# Element-wise checks only (no labels, no top-1): real held-out inputs for each.
+
+def _gen_held_out_images() -> np.ndarray:
+    from models.digits_gen import upsample
+
+    return upsample(_digits_split().x_test)  # (450, 1, 16, 16) in [0, 1]
+
+
+def _vae_encoder_build(weights: Path | None) -> torch.nn.Module:
+    from models import digit_vae
+
+    return digit_vae.VAEEncoder(digit_vae.load(weights or digit_vae.WEIGHTS)).eval()
+
+
+def _vae_decoder_build(weights: Path | None) -> torch.nn.Module:
+    from models import digit_vae
+
+    return digit_vae.VAEDecoder(digit_vae.load(weights or digit_vae.WEIGHTS)).eval()
+
+
+def _vae_latent_dim() -> int:
+    from models import checkpoint, digit_vae
+
+    return digit_vae.config_from_metadata(checkpoint.metadata(digit_vae.WEIGHTS)).latent_dim
+
+
+def _vae_encoder_held_out() -> HeldOut:
+    """The 450 held-out digits at 16x16; labels are their digits (not scored)."""
+    return {"image": _gen_held_out_images()}, _digits_split().y_test
+
+
+def _vae_decoder_held_out() -> HeldOut:
+    """Seeded z ~ N(0, I) with 50 of each digit: what the decoder is served."""
+    from models.digits_gen import sample_labels
+
+    labels = sample_labels(50)
+    z = np.random.default_rng(0).standard_normal((len(labels), _vae_latent_dim())).astype(np.float32)
+    return {"z": z, "label": labels}, labels
+
+
+def _vae_encoder_family() -> Family:
+    from models import digit_vae
+
+    latent = _vae_latent_dim()
+    spec = ExportSpec(inputs=(IOSpec("image", ("batch", 1, 16, 16)),), outputs=(IOSpec("embedding", ("batch", latent)),))
+    return Family("digits_vae_encoder", spec, _vae_encoder_build, digit_vae.WEIGHTS, held_out=_vae_encoder_held_out)
+
+
+def _vae_decoder_family() -> Family:
+    from models import digit_vae
+
+    latent = _vae_latent_dim()
+    spec = ExportSpec(
+        inputs=(IOSpec("z", ("batch", latent), value_range=(-3.0, 3.0)),
+                IOSpec("label", ("batch",), dtype="int64", value_range=(0, 10))),
+        outputs=(IOSpec("image", ("batch", 1, 16, 16)),),
+    )
+    return Family("digits_vae_decoder", spec, _vae_decoder_build, digit_vae.WEIGHTS, held_out=_vae_decoder_held_out)
+
+
+def _unet_build(weights: Path | None) -> torch.nn.Module:
+    from models import digit_unet
+
+    return digit_unet.load(weights or digit_unet.WEIGHTS)
+
+
+def _unet_held_out() -> HeldOut:
+    """The held-out digits in [-1, 1], noised by the U-Net's own schedule at seeded uniform t;
+    labels their digits, every fifth replaced by the null class (guidance's unconditional pass)."""
+    from models import checkpoint, digit_unet
+    from models.digits_gen import NULL_CLASS
+
+    schedule = digit_unet.config_from_metadata(checkpoint.metadata(digit_unet.WEIGHTS)).schedule()
+    rng = np.random.default_rng(0)
+    x0 = _gen_held_out_images() * 2.0 - 1.0
+    t = rng.integers(0, schedule.train_steps, len(x0)).astype(np.int64)
+    abar = schedule.alphas_cumprod()[t].reshape(-1, 1, 1, 1)
+    x = (np.sqrt(abar) * x0 + np.sqrt(1 - abar) * rng.standard_normal(x0.shape)).astype(np.float32)
+    y = _digits_split().y_test.copy()
+    y[::5] = NULL_CLASS
+    return {"x": x, "t": t, "y": y}, y
+
+
+def _unet_family() -> Family:
+    from models import digit_unet
+
+    spec = ExportSpec(
+        inputs=(IOSpec("x", ("batch", 1, 16, 16), value_range=(-2.0, 2.0)),
+                IOSpec("t", ("batch",), dtype="int64", value_range=(0, 1000)),
+                IOSpec("y", ("batch",), dtype="int64", value_range=(0, 11))),
+        outputs=(IOSpec("eps", ("batch", 1, 16, 16)),),
+    )
+    return Family("digits_unet", spec, _unet_build, digit_unet.WEIGHTS, held_out=_unet_held_out,
+                  max_batch_size=128, preferred_batch_size=(32, 64))
+
+
 # -- benchmark networks (untrained, seeded) ---------------------------------------------
 
 # No labels: lossy variants are judged by top-1 agreement with fp32 on random inputs.
@@ -250,6 +348,9 @@ FAMILIES: dict[str, Callable[[], Family]] = {
     "shapes": _shapes_family,
     "resnet_bench": _resnet_family,
     "mlp_tiny": _mlp_family,
+    "digits_vae_encoder": _vae_encoder_family,
+    "digits_vae_decoder": _vae_decoder_family,
+    "digits_unet": _unet_family,
 }
 
 
