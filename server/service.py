@@ -8,7 +8,8 @@ otherwise); they never touch the repository's internals, a scheduler or a runtim
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -175,6 +176,21 @@ class InferenceService:
         finally:
             self._leave(call)
 
+    @contextlib.contextmanager
+    def accounting(self, model_name: str, version: str = "") -> Iterator[None]:
+        """Count exactly once every inference request that fails: wrap a frontend's whole
+        handling of one request (decoding included). A failure the model's telemetry
+        already counted passes through; any other (the body did not decode, no such model,
+        the server is draining) is counted here, with the model's label when the
+        repository knows the name and without one when it does not."""
+        try:
+            yield
+        except DeepserveError as exc:
+            if not exc.counted:
+                exc.counted = True
+                self.repository.count_refused(model_name, version, exc.reason)
+            raise
+
     # -- the drain (server/serve.py) ---------------------------------------------------
 
     def _check_accepting(self) -> None:
@@ -233,10 +249,12 @@ def _given_up(cancelled: bool) -> Unavailable:
     task = asyncio.current_task()
     if cancelled and task is not None and task.cancelling():
         task.uncancel()
-    return Unavailable(
+    error = Unavailable(
         "the server is shutting down and stopped waiting for this request (drain timeout or a second signal); retry it",
         SHUTDOWN_RETRY_AFTER_S,
     )
+    error.counted = True  # the model's telemetry counted it, as CANCELED, when its task was cancelled
+    return error
 
 
 def _datatype(spec: TensorSpec, array) -> str:

@@ -11,9 +11,14 @@ import copy
 
 
 class DeepserveError(Exception):
-    """Base class. ``reason`` is the label used on failure metrics."""
+    """Base class. ``reason`` is the label used on failure metrics.
+
+    ``counted`` is set once a model's telemetry has counted the failure, so that the
+    frontend's accounting (``InferenceService.accounting``) never counts it twice.
+    """
 
     reason = "OTHER"
+    counted = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -53,13 +58,13 @@ class Unavailable(DeepserveError):
 class QueueFull(Unavailable):
     """The model's queue is at ``max_queue_size``: refused at once."""
 
-    reason = "REJECTED"
+    reason = "OVERLOAD"
 
 
 class Timeout(Unavailable):
     """The request waited in the queue past its timeout and was rejected."""
 
-    reason = "REJECTED"
+    reason = "TIMEOUT"
 
 
 class Unsupported(DeepserveError):

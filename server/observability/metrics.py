@@ -6,8 +6,10 @@ Per model and version (labels ``model``, ``version``):
 name                                         type       meaning
 ===========================================  =========  ==========================================
 deepserve_request_success_total              counter    requests answered with outputs
-deepserve_request_failure_total{reason}      counter    INVALID, NOT_FOUND, REJECTED, CANCELED,
-                                                        BACKEND, UNAVAILABLE, OTHER
+deepserve_request_failure_total{reason}      counter    INVALID, NOT_FOUND, OVERLOAD, TIMEOUT,
+                                                        REJECTED, CANCELED, BACKEND, UNAVAILABLE,
+                                                        OTHER; a request naming no known model is
+                                                        counted with model="" and version=""
 deepserve_inference_count_total              counter    rows inferred (a batch of n counts n)
 deepserve_execution_count_total              counter    runtime executions (batches)
 deepserve_request_duration_seconds           histogram  end to end, decode to encode
@@ -45,7 +47,7 @@ LATENCY_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # The `reason` label of deepserve_request_failure_total: the core errors' reasons, and
 # CANCELED for a client that went away.
-FAILURE_REASONS = ("INVALID", "NOT_FOUND", "UNAVAILABLE", "REJECTED", "CANCELED", "BACKEND", "OTHER")
+FAILURE_REASONS = ("INVALID", "NOT_FOUND", "UNAVAILABLE", "OVERLOAD", "TIMEOUT", "REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 class Metrics:
@@ -78,6 +80,10 @@ class Metrics:
         )
         self.step_labels: set[tuple[str, str, str]] = set()  # the step series made so far
         self.registry.register(GpuCollector())
+
+    def unrouted_failure(self, reason: str) -> None:
+        """A failed request that names no model the repository knows (no model label)."""
+        self.failure.labels("", "", reason).inc()
 
     def model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, name, version)

@@ -176,6 +176,7 @@ class ModelTelemetry:
             failure = None
         except DeepserveError as exc:
             failure = exc.reason
+            exc.counted = True
             raise
         except Exception:
             failure = "OTHER"
@@ -185,6 +186,12 @@ class ModelTelemetry:
 
     def request_started(self) -> None:
         self.metrics.inflight.inc()
+
+    def request_refused(self, reason: str) -> None:
+        """A request for this model that failed before it was accepted (it could not be
+        decoded, the server is draining): a failure, never in flight."""
+        self.metrics.failure(reason)
+        self.stats.fail.add(0.0)
 
     def request_finished(self, duration_s: float, failure_reason: str | None) -> None:
         self.metrics.inflight.dec()

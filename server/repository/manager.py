@@ -132,6 +132,19 @@ class ModelRepository:
         nor a new model whose client load request failed."""
         return all(self._state(e)[0] == READY for e in self._entries.values() if e.counted)
 
+    def count_refused(self, name: str, version: str, reason: str) -> None:
+        """A failed request for ``name`` that its model never took: counted in the model's
+        series (the version asked for, else the latest); a name the repository does not
+        know is counted without a model label (no label values from clients' typos)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            self.metrics.unrouted_failure(reason)
+        elif entry.versions:
+            model = entry.versions.get(version) or entry.versions[max(entry.versions, key=int)]
+            model.telemetry.request_refused(reason)
+        else:
+            self.metrics.failure.labels(name, "", reason).inc()
+
     def versions(self, name: str) -> tuple[str, ...]:
         """The ready versions of one model, oldest first (one dict lookup)."""
         entry = self._entries.get(name)

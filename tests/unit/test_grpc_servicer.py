@@ -4,6 +4,7 @@ per-request errors, and the decoupled path a generation engine plugs into (``inf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +19,9 @@ class FakeService:
     """Model "gen" is decoupled; ``infer_stream`` yields one response per token."""
 
     shutting_down = False
+
+    def accounting(self, model_name: str, version: str = ""):
+        return contextlib.nullcontext()
 
     def model_metadata(self, name: str, version: str = ""):
         return SimpleNamespace(decoupled=name == "gen")

@@ -121,7 +121,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        return codec.encode_response(await self._service.infer(self._decode(request)))
+        with self._service.accounting(request.model_name, request.model_version):
+            return codec.encode_response(await self._service.infer(self._decode(request)))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
@@ -197,15 +198,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         """All responses of one stream request into ``channel`` (then ``None`` for a unary one)."""
         try:
-            if isinstance(request, Exception):
-                raise request
-            enable_empty_final = bool(request.parameters.pop(codec.ENABLE_EMPTY_FINAL, False))
-            async for response in self._service.infer_stream(request):
-                # Non-decoupled: one response, which is the final one.
-                final = (not decoupled) if enable_empty_final else None
-                channel.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.encode_response(response, final)))
-            if decoupled and enable_empty_final:
-                channel.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.empty_final_response(request)))
+            with self._service.accounting(message.model_name, message.model_version):
+                if isinstance(request, Exception):
+                    raise request
+                enable_empty_final = bool(request.parameters.pop(codec.ENABLE_EMPTY_FINAL, False))
+                async for response in self._service.infer_stream(request):
+                    # Non-decoupled: one response, which is the final one.
+                    final = (not decoupled) if enable_empty_final else None
+                    channel.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.encode_response(response, final)))
+                if decoupled and enable_empty_final:
+                    channel.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.empty_final_response(request)))
         except Exception as exc:
             code, details = status_for(exc)
             if not isinstance(exc, DeepserveError):

@@ -111,10 +111,13 @@ async def _decode(request: Request, model: str, version: str) -> tuple[Inference
 
 async def generate(request: Request, model: str, version: str = "") -> Response:
     """One JSON answer; a decoupled model must send exactly one non-empty response."""
-    infer, batched = await _decode(request, model, version)
-    bodies = await until_disconnect(request.receive, _collect(_service(request).infer_stream(infer), batched))
+    with _service(request).accounting(model, version):
+        infer, batched = await _decode(request, model, version)
+        bodies = await until_disconnect(request.receive, _collect(_service(request).infer_stream(infer), batched))
     if len(bodies) != 1:
-        raise InvalidInput(f"model '{model}' sent {len(bodies)} responses; use generate_stream to receive each of them")
+        error = InvalidInput(f"model '{model}' sent {len(bodies)} responses; use generate_stream to receive each of them")
+        error.counted = True  # the model counted the request (a success): it is not counted twice
+        raise error
     return json_response(bodies[0])
 
 
@@ -125,13 +128,14 @@ async def _collect(responses: AsyncIterator[InferenceResponse], batched: bool) -
 async def generate_stream(request: Request, model: str, version: str = "") -> Response:
     """Server-sent events. Errors found before the first response keep their HTTP status;
     a client that disconnects closes the stream, which stops the model's producer."""
-    infer, batched = await _decode(request, model, version)
-    responses = _service(request).infer_stream(infer)
-    try:
-        first = await until_disconnect(request.receive, anext(responses, None))
-    except BaseException:
-        await responses.aclose()
-        raise
+    with _service(request).accounting(model, version):  # failures after the first response: in band
+        infer, batched = await _decode(request, model, version)
+        responses = _service(request).infer_stream(infer)
+        try:
+            first = await until_disconnect(request.receive, anext(responses, None))
+        except BaseException:
+            await responses.aclose()
+            raise
 
     async def events() -> AsyncIterator[bytes]:
         try:

@@ -139,8 +139,17 @@ async def _generate(service: InferenceService, meta: ModelMetadata, label: int, 
 
 
 async def generations(request: Request) -> Response:
+    """Failures are counted once: a body that does not parse without a model, the rest
+    under the model it names (each of the ``n`` images is one request of that model)."""
     service: InferenceService = request.app.state.service
-    body = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
+    with service.accounting(""):
+        body = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
+    name = body.get("model") or DEFAULT_MODEL
+    with service.accounting(name if isinstance(name, str) else ""):
+        return await _generations(request, service, body)
+
+
+async def _generations(request: Request, service: InferenceService, body: dict) -> Response:
     label = digit_from_prompt(body.get("prompt"))
     meta = _model(service, body)
     n = _integer(body, "n", 1, MAX_N) or 1

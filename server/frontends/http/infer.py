@@ -64,6 +64,10 @@ class InferRoute:
         await _send(send, status, [(b"content-type", media), *((k.encode(), v.encode()) for k, v in extra.items())], body)
 
     async def _infer(self, receive, headers: dict[str, str], model: str, version: str) -> tuple[dict[str, str], bytes]:
+        with self.service.accounting(model, version):  # every failure counted once, decoding included
+            return await self._answer(receive, headers, model, version)
+
+    async def _answer(self, receive, headers: dict[str, str], model: str, version: str) -> tuple[dict[str, str], bytes]:
         check_version(version)
         body = await read_body(receive, headers, self.limit)
         header = headers.get(codec.HEADER)

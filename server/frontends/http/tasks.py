@@ -77,9 +77,19 @@ def _number(options: dict, key: str, kind: type, low: float, high: float | None 
     return number
 
 
+async def _parse_counted(request: Request) -> tuple[list[bytes], dict[str, Any]]:
+    """``_parse``, a failure counted without a model (a body that does not parse names none)."""
+    with request.app.state.service.accounting(""):
+        return await _parse(request)
+
+
+def _model(options: dict, task: str) -> str:
+    return str(options.get("model") or DEFAULT_MODELS[task])
+
+
 async def _run(request: Request, task: str, images: list[bytes], options: dict, extra: dict[str, np.ndarray]):
     service: InferenceService = request.app.state.service
-    model = str(options.get("model") or DEFAULT_MODELS[task])
+    model = _model(options, task)
     meta = service.model_metadata(model)
     if meta.task != task:
         if meta.task in ROUTES:
@@ -96,7 +106,12 @@ async def _run(request: Request, task: str, images: list[bytes], options: dict, 
 
 
 async def classify(request: Request) -> Response:
-    images, options = await _parse(request)
+    images, options = await _parse_counted(request)
+    with request.app.state.service.accounting(_model(options, "classify")):
+        return await _classify(request, images, options)
+
+
+async def _classify(request: Request, images: list[bytes], options: dict) -> Response:
     top_k = _number(options, "top_k", int, 1) or 5
     response, model = await _run(request, "classify", images, options, {})
     labels = next(t.data for t in response.outputs if t.datatype == "BYTES")
@@ -111,7 +126,12 @@ async def classify(request: Request) -> Response:
 
 
 async def detect(request: Request) -> Response:
-    images, options = await _parse(request)
+    images, options = await _parse_counted(request)
+    with request.app.state.service.accounting(_model(options, "detect")):
+        return await _detect(request, images, options)
+
+
+async def _detect(request: Request, images: list[bytes], options: dict) -> Response:
     extra = {}
     for key, kind, low, high in (("score_threshold", float, 0.0, 1.0), ("iou_threshold", float, 0.0, 1.0)):
         value = _number(options, key, kind, low, high)

@@ -1,0 +1,80 @@
+"""Exact accounting through the real server: every failed inference request is counted
+once, with its reason, on every route and protocol — decoding failures included — and a
+request for an unknown model is counted without a model label."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+
+def failures(url: str) -> dict[tuple[str, str], float]:
+    """(model, reason) -> count, summed over versions, from /metrics."""
+    counts: dict[tuple[str, str], float] = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("deepserve_request_failure_total{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            key = (labels["model"].strip('"'), labels["reason"].strip('"'))
+            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def delta(before: dict, after: dict) -> dict:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after) if after.get(k, 0.0) != before.get(k, 0.0)}
+
+
+@pytest.fixture(scope="module")
+def url(http_server) -> str:
+    return f"http://{http_server.http_url}"
+
+
+DIGIT = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32"}
+HTTP_FAILURES = [
+    # (method, path, body, status, (model label, reason))
+    ("post", "/v2/models/digits/infer", {"inputs": [{**DIGIT, "data": [0.5] * 63}]}, 400, ("digits", "INVALID")),
+    ("post", "/v2/models/digits/infer", b"{not json", 400, ("digits", "INVALID")),
+    ("post", "/v2/models/digits/infer", {"inputs": [{**DIGIT, "datatype": "INT8", "data": [1] * 64}]}, 400, ("digits", "INVALID")),
+    ("post", "/v2/models/nope/infer", {"inputs": [{**DIGIT, "data": [0.5] * 64}]}, 404, ("", "NOT_FOUND")),
+    ("post", "/v2/models/digits/generate", {"bogus": 1}, 400, ("digits", "INVALID")),
+    ("post", "/v2/models/digits/generate_stream", b"[1, 2]", 400, ("digits", "INVALID")),
+    ("post", "/v1/classify", {"image": "not base64!"}, 400, ("", "INVALID")),
+    ("post", "/v1/classify", {"image": "aGVsbG8=", "top_k": "x"}, 400, ("digits_classify", "INVALID")),
+    ("post", "/v1/images/generations", {"prompt": "a cat"}, 400, ("digits_diffusion", "INVALID")),
+    ("post", "/v1/images/generations", {"prompt": "3", "model": "nope"}, 404, ("", "NOT_FOUND")),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "counted"), HTTP_FAILURES)
+def test_every_http_failure_is_counted_once_with_its_reason(url, method, path, body, status, counted):
+    before = failures(url)
+    content = body if isinstance(body, bytes) else None
+    response = httpx.request(method, f"{url}{path}", content=content, json=None if content else body, timeout=30)
+    assert response.status_code == status, response.text
+    assert delta(before, failures(url)) == {counted: 1.0}
+
+
+def test_grpc_failures_are_counted_once_unary_and_streamed(http_server, url):
+    client = grpcclient.InferenceServerClient(http_server.grpc_url)
+    bad = grpcclient.InferInput("input", [1, 1, 8, 7], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 1, 8, 7), np.float32))
+    before = failures(url)
+    with pytest.raises(InferenceServerException):
+        client.infer("digits", [bad])
+    with pytest.raises(InferenceServerException):
+        client.infer("nope", [bad])
+    errors = []
+    client.start_stream(callback=lambda result, error: errors.append(error))
+    client.async_stream_infer("digits", [bad])
+    client.stop_stream()  # waits for the stream's answers
+    assert len(errors) == 1 and errors[0] is not None
+    assert delta(before, failures(url)) == {("digits", "INVALID"): 2.0, ("", "NOT_FOUND"): 1.0}
+
+
+def test_a_success_is_not_counted_as_a_failure(url):
+    before = failures(url)
+    response = httpx.post(f"{url}/v2/models/digits/infer", json={"inputs": [{**DIGIT, "data": [0.5] * 64}]}, timeout=30)
+    assert response.status_code == 200
+    assert delta(before, failures(url)) == {}
