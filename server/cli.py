@@ -38,6 +38,12 @@ def serve(
     drain_timeout_seconds: Annotated[Optional[float], _opt("After SIGTERM, most seconds (drain period included) requests in flight get to finish; the rest get 503 (default 30).", "DRAIN_TIMEOUT_SECONDS")] = None,
     cpu_threads: Annotated[Optional[int], _opt("Cores the runtimes share (default all).", "CPU_THREADS")] = None,
     log_level: Annotated[Optional[str], _opt("debug, info, warning, error (default info).", "LOG_LEVEL")] = None,
+    log_format: Annotated[Optional[str], _opt("text or json: one JSON object a line, plus a line per request (default text).", "LOG_FORMAT")] = None,
+    api_key: Annotated[Optional[str], _opt("Require 'Authorization: Bearer KEY' on inference, metadata and /v1 routes (default off; health and /metrics stay open).", "API_KEY")] = None,
+    api_key_file: Annotated[Optional[Path], _opt("File of inference keys, one a line (a mounted secret).", "API_KEY_FILE")] = None,
+    admin_key: Annotated[Optional[str], _opt("Key for repository load / unload / index (also valid for inference; default: the API key).", "ADMIN_KEY")] = None,
+    admin_key_file: Annotated[Optional[Path], _opt("File of admin keys, one a line.", "ADMIN_KEY_FILE")] = None,
+    cors_origins: Annotated[Optional[str], _opt("Comma-separated origins allowed by CORS, or '*' (default off).", "CORS_ORIGINS")] = None,
 ) -> None:
     """Serve a model repository over HTTP (v2, /metrics) and gRPC."""
     given = {
@@ -46,9 +52,15 @@ def serve(
         "grpc_max_message_bytes": grpc_max_message_bytes, "strict_readiness": strict_readiness,
         "default_max_batch_size": default_max_batch_size, "default_max_queue_size": default_max_queue_size,
         "drain_seconds": drain_seconds, "drain_timeout_seconds": drain_timeout_seconds,
-        "cpu_threads": cpu_threads, "log_level": log_level,
+        "cpu_threads": cpu_threads, "log_level": log_level, "log_format": log_format,
+        "api_key": api_key, "api_key_file": api_key_file, "admin_key": admin_key, "admin_key_file": admin_key_file,
+        "cors_origins": cors_origins,
     }
-    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        settings.api_keys(), settings.admin_keys()  # an unreadable key file stops here, not after loading
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if settings.model_repository == DEFAULT_REPOSITORY and settings.build_default_repository:
         _ensure_default_repository(settings.model_repository)
     from server.serve import run

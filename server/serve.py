@@ -28,6 +28,7 @@ import uvicorn
 
 from server import __version__
 from server.frontends.http.app import create_app, create_metrics_app
+from server.observability.logs import setup_logging
 from server.observability.metrics import Metrics
 from server.repository.manager import ModelRepository
 from server.repository.model import LoadOptions
@@ -94,6 +95,8 @@ def _uvicorn(app, settings: Settings, port: int) -> _Server:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # JSON lines: uvicorn's loggers go through the root handler instead of its own text ones
+        **({"log_config": None} if settings.log_format == "json" else {}),
     )
     return _Server(config)
 
@@ -183,9 +186,7 @@ async def _drain(
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
     import uvloop
 
     uvloop.run(serve(settings))

@@ -6,8 +6,9 @@ Precedence: command-line flag > environment variable > .env file > default.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REPOSITORY = Path("model_repository")
@@ -47,6 +48,57 @@ class Settings(BaseSettings):
     )
     cpu_threads: int = Field(0, ge=0, description="Cores the runtimes share (0 = all); split across instances.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text (readable lines) or json (one JSON object a line, plus one line per request at INFO)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key for inference, metadata and /v1 routes (off when unset; health and /metrics stay open)."
+    )
+    api_key_file: Path | None = Field(None, description="File of inference keys, one a line (a mounted secret).")
+    admin_key: SecretStr | None = Field(
+        None, description="Bearer key for repository load / unload / index; also authorizes inference."
+    )
+    admin_key_file: Path | None = Field(None, description="File of admin keys, one a line (a mounted secret).")
+    cors_origins: str | None = Field(
+        None, description="Comma-separated origins browsers may call from ('*' for any); CORS is off when unset."
+    )
     build_default_repository: bool = Field(
         True, description="Build the default model repository when serving the default path and it is missing."
     )
+
+    @field_validator("api_key", "admin_key", "cors_origins", "api_key_file", "admin_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        """``DEEPSERVE_API_KEY=`` (an empty variable, as compose's ``${VAR:-}`` gives) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def api_keys(self) -> tuple[str, ...]:
+        """The inference keys: ``api_key`` and every line of ``api_key_file``."""
+        return _keys(self.api_key, self.api_key_file, "api key")
+
+    def admin_keys(self) -> tuple[str, ...]:
+        """The admin keys: ``admin_key`` and every line of ``admin_key_file``."""
+        return _keys(self.admin_key, self.admin_key_file, "admin key")
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
+
+
+def _keys(key: SecretStr | None, path: Path | None, what: str) -> tuple[str, ...]:
+    """Keys are visible ASCII (no spaces), as an ``Authorization`` header can carry them.
+    A file that cannot be read, or that holds no key, is an error: a server meant to be
+    protected must not start open."""
+    keys = [key.get_secret_value().strip()] if key is not None else []
+    if path is not None:
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the {what} file {path}: {exc}") from None
+        file_keys = [line.strip() for line in lines if line.strip()]
+        if not file_keys:
+            raise ValueError(f"the {what} file {path} holds no key")
+        keys += file_keys
+    for k in keys:
+        if not all("!" <= c <= "~" for c in k):
+            raise ValueError(f"an {what} must be visible ASCII characters without spaces")
+    return tuple(dict.fromkeys(keys))

@@ -19,7 +19,9 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from server.frontends.grpc.interceptors import ServerInterceptor
 from server.frontends.grpc.servicer import InferenceServicer
+from server.frontends.http.security import Authenticator
 from server.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ def server_options(settings) -> list[tuple[str, int]]:
 
 async def start_grpc(service: InferenceService, settings) -> GrpcServer:
     """Bind ``settings.host:settings.grpc_port`` and start serving."""
-    server = grpc.aio.server(options=server_options(settings))
+    interceptor = ServerInterceptor(Authenticator.from_settings(settings))  # keys, request ids, access lines
+    server = grpc.aio.server(options=server_options(settings), interceptors=(interceptor,))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     health_servicer = ReadinessHealth(service)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
