@@ -13,6 +13,7 @@ from server.frontends.http import generate, images, openai, repository, tasks, v
 from server.frontends.http.errors import handle_deepserve_error, handle_http_error
 from server.frontends.http.infer import InferRoute
 from server.frontends.http.openai import error_body, is_openai_path
+from server.frontends.http.openapi import install as install_openapi
 from server.frontends.http.responses import json_response
 from server.frontends.http.security import wrap
 from server.service import InferenceService
@@ -48,6 +49,7 @@ def create_app(service: InferenceService, settings: Settings, registry: Collecto
     app.include_router(images.router)
     app.include_router(openai.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    install_openapi(app)  # the infer routes (served by InferRoute, not FastAPI) in /openapi.json and /docs
     return wrap(InferRoute(app, service, settings.max_request_bytes), settings)
 
 
