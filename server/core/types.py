@@ -46,6 +46,9 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Declared wire datatypes of the inputs (BYTES vs the array's dtype, BF16 vs uint16).
     datatypes: dict[str, str] = field(default_factory=dict)
+    # The client's deadline (a gRPC deadline, HTTP's X-Request-Timeout-Ms), as a
+    # time.monotonic() instant; None = none. Work not started by then is never run.
+    deadline_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ ensemble executor). Frontends never see it: they go through ``InferenceService``
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ class LoadedModel:
         rows = check_request(request, self.input_index, self.outputs, self.max_batch_size)
         check_utf8(request, self.text_inputs)
         priority, timeout_us = _schedule_parameters(request.parameters)
-        return Job(request.inputs, rows, priority, timeout_us)
+        budget = None if request.deadline_s is None else request.deadline_s - time.monotonic()
+        return Job(request.inputs, rows, priority, timeout_us, budget)
 
     async def infer(self, request: InferenceRequest) -> Outputs:
         with self.telemetry.track():
@@ -73,9 +75,9 @@ class LoadedModel:
                 async for outputs in responses:
                     yield outputs
 
-    async def run(self, inputs: Outputs) -> Outputs:
-        """An ensemble step's call (``StepTarget``)."""
-        return await self.infer(InferenceRequest(self.name, inputs, self.version))
+    async def run(self, inputs: Outputs, deadline_s: float | None = None) -> Outputs:
+        """An ensemble step's call (``StepTarget``), under the ensemble request's deadline."""
+        return await self.infer(InferenceRequest(self.name, inputs, self.version, deadline_s=deadline_s))
 
     def unload_instances(self) -> None:
         for instance in self.instances:

@@ -37,6 +37,7 @@ class Job:
     rows: int  # leading-dimension rows (1 for a model that does not batch)
     priority: int | None = None  # request parameter `priority` (None / 0 = the default level)
     timeout_us: int | None = None  # request parameter `timeout`
+    budget_s: float | None = None  # what is left of the client's deadline when the job was made
 
 
 class Scheduler(Protocol):

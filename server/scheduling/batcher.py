@@ -211,6 +211,8 @@ class DynamicBatcher:
         if job.timeout_us and queue_policy.allow_timeout_override:
             timeout = min(job.timeout_us, timeout) if timeout else job.timeout_us
         now = self._clock()
+        if job.budget_s is not None and job.budget_s <= 0:
+            raise Timeout("the request's deadline passed before it could be queued")
         request = QueuedRequest(
             inputs=job.inputs,
             rows=job.rows,
@@ -220,6 +222,7 @@ class DynamicBatcher:
             action=queue_policy.timeout_action,
             ticket=ticket,
             key=batch_key(job.inputs) if policy.batching else (),
+            client_deadline_s=None if job.budget_s is None else now + job.budget_s,
         )
         self._scheduler.add(request)  # raises QueueFull
         if self._idle:
@@ -229,7 +232,7 @@ class DynamicBatcher:
             # Every instance is busy: the next batch completion schedules; only a deadline
             # needs the loop's timer now.
             self._observer.pending(len(self._scheduler))
-            if request.deadline_s is not None:
+            if request.deadline_s is not None or request.client_deadline_s is not None:
                 self._wake.set()
 
     def _on_caller_done(self, future: asyncio.Future) -> None:
@@ -351,7 +354,10 @@ def _deliver(channel: _Channel, outputs: Outputs, observer: BatchObserver, index
 
 def _expire(request: QueuedRequest) -> None:
     """A request that timed out in the queue: its one answer (a stream's only item)."""
-    error = Timeout("the request timed out in the queue before it could run")
+    if request.client_deadline_s is not None and request.client_deadline_s <= (request.deadline_s or float("inf")):
+        error = Timeout("the request's deadline passed while it waited in the queue; it was not run")
+    else:
+        error = Timeout("the request timed out in the queue before it could run")
     if isinstance(request.ticket, _Channel):
         request.ticket.items.put_nowait(error)
     else:

@@ -47,7 +47,7 @@ class EnsemblePlan:
 class StepTarget(Protocol):
     """A step model as the ensemble calls it: validated, scheduled, counted in its own statistics."""
 
-    async def run(self, inputs: Outputs) -> Outputs: ...
+    async def run(self, inputs: Outputs, deadline_s: float | None = None) -> Outputs: ...
 
 
 class EnsembleObserver(Protocol):
@@ -114,7 +114,8 @@ class EnsembleScheduler:
         self._idle.clear()
         started, ok = time.perf_counter(), False
         try:
-            tensors = await self._run(dict(job.inputs))
+            deadline = None if job.budget_s is None else time.monotonic() + job.budget_s  # the steps keep it
+            tensors = await self._run(dict(job.inputs), deadline)
             ok = True
             return {name: tensors[name] for name in self.plan.outputs}
         finally:
@@ -123,7 +124,7 @@ class EnsembleScheduler:
             if not self._inflight:
                 self._idle.set()
 
-    async def _run(self, tensors: Outputs) -> Outputs:
+    async def _run(self, tensors: Outputs, deadline_s: float | None) -> Outputs:
         # Optional ensemble inputs the request left out: steps reading them run without them.
         absent = frozenset(name for name in self.plan.inputs if name not in tensors)
         pending = list(self.plan.steps)
@@ -134,10 +135,10 @@ class EnsembleScheduler:
                 for step in ready:
                     pending.remove(step)
                 if len(ready) == 1 and not running:  # a chain: no task needed
-                    tensors.update(await self._step(ready[0], tensors))
+                    tensors.update(await self._step(ready[0], tensors, deadline_s))
                     continue
                 for step in ready:
-                    running[asyncio.ensure_future(self._step(step, tensors))] = step
+                    running[asyncio.ensure_future(self._step(step, tensors, deadline_s))] = step
                 if not running:  # unreachable for a checked plan
                     raise ModelError(f"ensemble '{self.name}': steps {[s.model for s in pending]} never got their inputs")
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -149,12 +150,12 @@ class EnsembleScheduler:
                 task.cancel()
         return tensors
 
-    async def _step(self, step: Step, tensors: Outputs) -> Outputs:
+    async def _step(self, step: Step, tensors: Outputs, deadline_s: float | None) -> Outputs:
         """One step: its inputs renamed from ensemble tensors, its outputs renamed back."""
         started = time.perf_counter()
         try:
             target = self._resolve(step.model, step.version)
-            outputs = await target.run({m: tensors[t] for m, t in step.inputs if t in tensors})
+            outputs = await target.run({m: tensors[t] for m, t in step.inputs if t in tensors}, deadline_s)
         except DeepserveError as exc:
             raise exc.with_prefix(f"ensemble '{self.name}' step '{step.model}': ") from None
         except Exception as exc:  # a bug below still answers with the step's name

@@ -43,6 +43,7 @@ class QueuedRequest:
     ticket: Ticket
     key: tuple = ()  # requests batch together only when their keys are equal
     delayed: bool = False
+    client_deadline_s: float | None = None  # the client's own deadline: past it, always rejected
     context: Any = None  # opaque to the scheduler (the driver keeps its own data here)
 
 
@@ -123,6 +124,8 @@ class BatchScheduler:
             for request in queue:
                 if request.ticket.cancelled():
                     plan.cancelled.append(request)
+                elif request.client_deadline_s is not None and request.client_deadline_s <= now_s:
+                    plan.expired.append(request)  # whatever the queue policy: the client has given up
                 elif request.deadline_s is not None and request.deadline_s <= now_s:
                     if request.action is TimeoutAction.REJECT:
                         plan.expired.append(request)
@@ -131,8 +134,9 @@ class BatchScheduler:
                         self._delayed.append(request)
                 else:
                     keep.append(request)
-                    if request.deadline_s is not None:
-                        plan.wake_at_s = _earliest(plan.wake_at_s, request.deadline_s)
+                    for deadline in (request.deadline_s, request.client_deadline_s):
+                        if deadline is not None:
+                            plan.wake_at_s = _earliest(plan.wake_at_s, deadline)
             if len(keep) != len(queue):
                 queue.clear()
                 queue.extend(keep)

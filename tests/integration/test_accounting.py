@@ -4,6 +4,8 @@ request for an unknown model is counted without a model label."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import pytest
@@ -78,3 +80,30 @@ def test_a_success_is_not_counted_as_a_failure(url):
     response = httpx.post(f"{url}/v2/models/digits/infer", json={"inputs": [{**DIGIT, "data": [0.5] * 64}]}, timeout=30)
     assert response.status_code == 200
     assert delta(before, failures(url)) == {}
+
+
+def test_deadlines_from_the_http_header_and_grpc_are_enforced_in_the_queue(http_server, url):
+    """``bounded`` waits up to 30 s for a batch to fill: a request with a shorter deadline
+    is answered (503, TIMEOUT) when its deadline passes, and is never run."""
+    body = {"inputs": [{"name": "INPUT", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    before = failures(url)
+    response = httpx.post(f"{url}/v2/models/bounded/infer", json=body, headers={"X-Request-Timeout-Ms": "200"}, timeout=30)
+    assert response.status_code == 503 and "deadline" in response.json()["error"], response.text
+    assert response.headers["Retry-After"]
+    bad = httpx.post(f"{url}/v2/models/bounded/infer", json=body, headers={"X-Request-Timeout-Ms": "soon"}, timeout=30)
+    assert bad.status_code == 400 and "x-request-timeout-ms" in bad.json()["error"]
+    assert delta(before, failures(url)) == {("bounded", "TIMEOUT"): 1.0, ("bounded", "INVALID"): 1.0}
+
+    client = grpcclient.InferenceServerClient(http_server.grpc_url)
+    tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+    before = failures(url)
+    with pytest.raises(InferenceServerException, match="(?i)deadline"):
+        client.infer("bounded", [tensor], client_timeout=0.3)
+    deadline = time.monotonic() + 30  # the server answers (or is cancelled) around the deadline
+    while not delta(before, failures(url)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    counted = delta(before, failures(url))
+    assert counted in ({("bounded", "TIMEOUT"): 1.0}, {("bounded", "CANCELED"): 1.0})
+    stats = httpx.get(f"{url}/v2/models/bounded/stats").json()["model_stats"][0]
+    assert stats["execution_count"] == 0  # neither request ever reached the runtime

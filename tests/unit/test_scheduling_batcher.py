@@ -151,3 +151,24 @@ async def test_two_instances_run_batches_in_parallel_and_keep_order_when_asked()
     await asyncio.gather(*tasks)
     assert order == [0, 1] and fast.batches == [1]
     await batcher.aclose()
+
+
+async def test_a_request_past_its_deadline_is_answered_timeout_and_never_runs():
+    now = [0.0]
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = DynamicBatcher(batching(max_batch_size=1), [runtime], clock=lambda: now[0])
+    batcher.start()
+    x = {"x": np.ones((1, 2), np.float32)}
+    with pytest.raises(Timeout, match="deadline"):
+        await batcher.infer(Job(x, 1, budget_s=0.0))  # nothing left: refused before queueing
+    running = asyncio.create_task(batcher.infer(Job(x, 1)))  # holds the only instance
+    waiting = asyncio.create_task(batcher.infer(Job({"x": np.full((1, 2), 7, np.float32)}, 1, budget_s=2.0)))
+    await asyncio.sleep(0)
+    now[0] = 3.0  # the injected clock passes the deadline while it waits
+    runtime.gate.set()
+    await running
+    with pytest.raises(Timeout, match="deadline"):
+        await waiting
+    await batcher.aclose()
+    assert runtime.batches == [1]  # only the first request ever reached the runtime

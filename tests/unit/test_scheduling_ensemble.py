@@ -29,7 +29,7 @@ class Fn:
         self.cancelled = asyncio.Event()
         self.calls = 0
 
-    async def run(self, inputs):
+    async def run(self, inputs, deadline_s=None):
         self.calls += 1
         self.started.set()
         try:
@@ -46,7 +46,7 @@ class Fails:
         self.error = error
         self.after = after
 
-    async def run(self, inputs):
+    async def run(self, inputs, deadline_s=None):
         if self.after is not None:
             await self.after.wait()
         raise self.error
@@ -215,7 +215,7 @@ async def test_independent_steps_run_at_the_same_time():
         def __init__(self, mine: asyncio.Event, other: asyncio.Event, n: float) -> None:
             self.mine, self.other, self.n = mine, other, n
 
-        async def run(self, inputs):
+        async def run(self, inputs, deadline_s=None):
             self.mine.set()
             await self.other.wait()
             return {"y": inputs["x"] + self.n}

@@ -151,3 +151,18 @@ def test_preferred_size_wins_over_a_full_batch():
     for _ in range(10):
         s.add(request(1, 0.0))
     assert s.schedule(0.0).batch.rows == 4
+
+
+def test_the_clients_deadline_rejects_even_under_delay_and_never_reaches_a_batch():
+    s = BatchScheduler(policy(max_queue_delay_us=1_000_000))
+    late = request(1, 0.0, deadline=5.0, action=TimeoutAction.DELAY)
+    late.client_deadline_s = 0.5
+    s.add(late)
+    s.add(request(1, 0.0))
+    plan = s.schedule(0.1, can_dispatch=False)
+    assert plan.wake_at_s == pytest.approx(0.5)  # the loop is woken for the client's deadline
+    plan = s.schedule(0.6)
+    assert plan.expired == [late]  # rejected, not delayed
+    assert plan.batch is None and len(s) == 1  # the other one keeps waiting for its delay
+    plan = s.schedule(1.0)
+    assert plan.batch is not None and late not in plan.batch.requests

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -122,7 +123,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         with self._service.accounting(request.model_name, request.model_version):
-            return codec.encode_response(await self._service.infer(self._decode(request)))
+            return codec.encode_response(await self._service.infer(self._decode(request, context)))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
@@ -148,7 +149,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 async for message in request_iterator:
                     await slots.acquire()
-                    request, decoupled = self._decode_for_stream(message)
+                    request, decoupled = self._decode_for_stream(message, context)
                     channel: asyncio.Queue = out if decoupled else asyncio.Queue()
                     task = asyncio.create_task(self._stream_one(message, request, decoupled, channel))
                     tasks.add(task)
@@ -185,10 +186,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for task in (reader, forwarder, finisher, *tasks):
                 task.cancel()
 
-    def _decode_for_stream(self, message: pb.ModelInferRequest) -> tuple[InferenceRequest | Exception, bool]:
+    def _decode_for_stream(self, message: pb.ModelInferRequest, context) -> tuple[InferenceRequest | Exception, bool]:
         """The request (or why it cannot be run) and whether its model is decoupled."""
         try:
-            request = self._decode(message)
+            request = self._decode(message, context)
             return request, self._decoupled(request)
         except Exception as exc:  # answered in band, in request order
             return exc, False
@@ -219,10 +220,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             if not decoupled:
                 channel.put_nowait(None)
 
-    def _decode(self, message: pb.ModelInferRequest) -> InferenceRequest:
+    def _decode(self, message: pb.ModelInferRequest, context) -> InferenceRequest:
+        """The request, with the call's gRPC deadline as its own: work the client will no
+        longer wait for is never run (a stream's deadline covers each of its requests)."""
         if self._service.shutting_down:
             raise Unavailable("the server is shutting down; retry on another replica", retry_after_s=1.0)
-        return codec.decode_request(message)
+        request = codec.decode_request(message)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            request.deadline_s = time.monotonic() + remaining
+        return request
 
     def _decoupled(self, request: InferenceRequest) -> bool:
         return self._service.model_metadata(request.model_name, request.model_version).decoupled

@@ -27,7 +27,7 @@ from server.core.types import InferenceRequest, InferenceResponse, TensorSpec
 from server.core.validation import check_version
 from server.frontends.http.body import read_json_object
 from server.frontends.http.codec import tensor_from_json
-from server.frontends.http.infer import until_disconnect
+from server.frontends.http.infer import deadline_from, until_disconnect
 from server.frontends.http.responses import json_response
 from server.service import InferenceService
 
@@ -106,7 +106,9 @@ async def _decode(request: Request, model: str, version: str) -> tuple[Inference
     service = _service(request)
     meta = service.model_metadata(model, check_version(version))
     data = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
-    return generate_request(data, meta.inputs, meta.batched, model, version), meta.batched
+    infer = generate_request(data, meta.inputs, meta.batched, model, version)
+    infer.deadline_s = deadline_from(request.headers)
+    return infer, meta.batched
 
 
 async def generate(request: Request, model: str, version: str = "") -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -28,7 +29,23 @@ INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^
 # A request still unanswered after this long starts watching for its client's disconnect
 # (a watcher per request costs more than most requests take).
 DISCONNECT_WATCH_AFTER_S = 0.002
-_WANTED = {b"content-length", b"content-encoding", b"accept-encoding", codec.HEADER.encode()}
+# The client's deadline over HTTP (gRPC uses the call's deadline): milliseconds from arrival.
+DEADLINE_HEADER = "x-request-timeout-ms"
+_WANTED = {b"content-length", b"content-encoding", b"accept-encoding", codec.HEADER.encode(), DEADLINE_HEADER.encode()}
+
+
+def deadline_from(headers) -> float | None:
+    """``X-Request-Timeout-Ms`` as a time.monotonic() deadline (None when absent)."""
+    value = headers.get(DEADLINE_HEADER)
+    if value is None:
+        return None
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        milliseconds = -1.0
+    if not 0 < milliseconds < 1e10:
+        raise InvalidInput(f"{DEADLINE_HEADER} must be a positive number of milliseconds, not '{value}'")
+    return time.monotonic() + milliseconds / 1000
 
 
 class InferRoute:
@@ -81,6 +98,7 @@ class InferRoute:
             request = codec.decode_raw_binary(body, inputs[0], model, version)
         else:
             request = codec.decode_request(body, header_length, model, version)
+        request.deadline_s = deadline_from(headers)
         result = await until_disconnect(receive, self.service.infer(request))
         content, json_length = codec.encode_response(result, request.parameters["binary_data_output"])
         extra: dict[str, str] = {}
