@@ -18,8 +18,8 @@ def _point(ips: float, p50: float, p99: float, rows: float, calls: int) -> dict:
             "calls_by_rows": {"2": calls}, "network_ms_per_call": 3.25, "server_cores": 1.5, "client_cores": 0.1}
 
 
-def _phase(ips: float) -> dict:
-    return {"images_per_s": ips}
+def _phase(ips: float, others: float = 0.1) -> dict:
+    return {"images_per_s": ips, "others_cores": others}
 
 
 RESULTS = {
@@ -65,8 +65,8 @@ def test_render_says_missed_plainly_below_the_target():
     assert "**The requirement is missed.**" in page
     assert "**MET**" not in page
     assert "**0.75x**" in page  # server vs in-process
-    assert ("the network itself took 1.625 ms per row one at a time (2.00 rows per call) and 0.109 ms per row batched "
-            "(29.75 rows per call): batching made each row 14.88x cheaper") in page
+    assert ("at 16 concurrent, one at a time, the network took 1.625 ms per row (2.00 rows per call); batched it took "
+            "0.109 ms per row (29.75 rows per call), 14.88x cheaper.") in page
     assert "same 2 cores" in page and "`abc1234`" in page and "2026-01-02 03:04 UTC" in page
 
 
@@ -89,6 +89,22 @@ def test_tables_show_the_input_figures():
     assert "| p99 latency | 300.0 ms | 820.0 ms | 0.37x |" in page
     assert "**80.00 images/s**" in page  # in-process
     assert "| 1 | batched then single | 20.00 | 19.00 | 40.00 | 20.00 | 60.00 | 20.00 | 80.00 | 0.10 |" in page
+
+
+def test_quiet_rounds_keep_only_rounds_without_other_load():
+    results = copy.deepcopy(RESULTS)
+    noisy = copy.deepcopy(results["rounds"][0])
+    noisy.update(round=2, order="single then batched")
+    noisy["phases"]["batched"]["16"] = _phase(30.0, others=0.9)
+    results["rounds"].append(noisy)
+    q = ir.quiet_rounds(results)
+    assert (q["rounds"], q["of"], q["batched_images_per_s"], q["single_images_per_s"]) == (1, 2, 60.0, 20.0)
+    assert "In the 1 of 2 rounds whose two 16-concurrent phases saw at most 0.5 cores of other load: 60.00 / 20.00 " \
+           "images/s = 3.00x" in ir.render(results)
+    for r in results["rounds"]:
+        r["phases"]["single"]["16"]["others_cores"] = 1.0
+    assert ir.quiet_rounds(results) is None
+    assert "No round's 16-concurrent phases ran with at most 0.5 cores" in ir.render(results)
 
 
 def test_missing_figures_render_as_na_not_a_crash():
