@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-gpu lint bench clean
+.PHONY: install serve test test-gpu lint bench fuzz clean
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ test: install
 
 test-gpu: install
 	$(PY) -m pytest -q tests/gpu
+
+# Long fuzzing run (issue #13): every example count of tests/fuzz times FUZZ_SCALE (12: 10,000+
+# cases); the run writes tests/fuzz/results/fuzz-<date>.json, then docs/fuzzing.md from it.
+FUZZ_SCALE ?= 12
+fuzz: install
+	DEEPSERVE_FUZZ_SCALE=$(FUZZ_SCALE) DEEPSERVE_FUZZ_RESULTS=1 $(PY) -m pytest -q --timeout=3600 tests/fuzz
+	$(PY) -m tests.fuzz.report
 
 lint: install
 	$(PY) -m pip install --quiet ruff
