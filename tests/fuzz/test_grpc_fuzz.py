@@ -190,7 +190,8 @@ def test_model_stream_infer(stub, tally: Tally, requests, data) -> None:
     except grpc.RpcError as error:
         code, details = error.code(), error.details()
     record_code(tally, "grpc_stream", code, details, messages)
-    assert len(answers) == len(messages) or code != grpc.StatusCode.OK  # none of the fuzz models is decoupled-only
+    # at least one answer each (a decoupled model adds its empty final response when asked)
+    assert len(answers) >= len(messages) or code != grpc.StatusCode.OK
     for answer in answers:  # in-band errors (one per failed request) are never server errors
         assert not answer.error_message.startswith(("INTERNAL", "UNKNOWN")), f"{answer.error_message} in {messages}"
 
