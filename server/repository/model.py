@@ -179,15 +179,26 @@ def load_version(
             raise InvalidInput(f"decoupled models need a backend that answers several responses (python); {kind.backend} answers one")
         inputs, outputs = tensor_specs(completed)
         labels = read_labels(model_dir, completed)
+        try:
+            policy = batch_policy_from_config(completed, options.default_max_queue_size)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
     except Exception:
         for runtime in instances:
             runtime.unload()
         raise
-    policy = batch_policy_from_config(completed, options.default_max_queue_size)
+
+    def reload(index: int) -> Runtime:
+        """A fresh instance in place of a hung or failing one (blocking; the batcher's call)."""
+        runtime = runtimes.create(kind)
+        runtime.load(model_path, runtime_options(base, version, devices[index], cpu_instances, options))
+        return runtime
+
     text_inputs = frozenset(s.name for s in inputs if s.datatype == "BYTES") if kind.backend == "onnxruntime" else frozenset()
+    batcher = DynamicBatcher(policy, instances, telemetry, reload=reload, outputs=outputs)
     return LoadedModel(
         name, version, completed, inputs, outputs, labels, telemetry,
-        scheduler=DynamicBatcher(policy, instances, telemetry), instances=instances, text_inputs=text_inputs,
+        scheduler=batcher, instances=instances, text_inputs=text_inputs,
     )
 
 

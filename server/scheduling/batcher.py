@@ -15,6 +15,13 @@ runtime.
 A batch that fails with ``InvalidInput`` (a Python model that cannot decode one image of
 the batch, say) is run again request by request, so only the bad request fails.
 
+Fault isolation: a runtime that raises, or answers outputs of the wrong datatype or shape,
+fails only the requests of that batch (``ModelError``: 500 / INTERNAL with the reason). A
+batch still running after the policy's ``execution_timeout_s`` is answered with that error
+at once; its instance is abandoned (a thread cannot be killed: it is unloaded if it ever
+returns) and replaced with a freshly loaded one, as is an instance whose batches failed
+``reload_after_failures`` times in a row. Other instances keep serving meanwhile.
+
 Decoupled models (``model_transaction_policy { decoupled: true }``) run each request alone
 through the runtime's ``execute_stream``; every response it yields reaches the caller as
 it is produced. Closing the stream early sets its ticket cancelled: the instance thread
@@ -24,6 +31,7 @@ stops pulling from the producer after its current response and closes it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -33,13 +41,16 @@ from typing import Protocol
 
 import numpy as np
 
+from server.core.datatypes import numpy_dtype
 from server.core.errors import DeepserveError, InvalidInput, ModelError, Timeout, Unavailable
+from server.core.types import TensorSpec
 from server.runtimes.base import Runtime, StreamingRuntime
 from server.scheduling.base import Job, Outputs
 from server.scheduling.policy import BatchPolicy
 from server.scheduling.queue import Batch, BatchScheduler, Plan, QueuedRequest, batch_key
 
 Outcome = Outputs | DeepserveError  # one request's answer
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +112,11 @@ class _InstanceThread:
     back to the event loop with one ``call_soon_threadsafe``.
     """
 
-    def __init__(self, runtime: Runtime, name: str) -> None:
+    def __init__(self, runtime: Runtime, name: str, index: int = 0) -> None:
         self.runtime = runtime
+        self.index = index  # which of the model's instances (its device) this thread serves
+        self.failures = 0  # batches failed in a row by a runtime fault
+        self.abandoned = False  # hung past the execution timeout: never handed work again
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -134,12 +148,20 @@ class DynamicBatcher:
         instances: Sequence[Runtime],
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reload: Callable[[int], Runtime] | None = None,
+        outputs: Sequence[TensorSpec] = (),
     ) -> None:
+        """``instances`` is kept (not copied): a replaced instance is swapped in that list,
+        so its owner unloads what is current. ``reload(index)`` loads a fresh instance for
+        that slot (blocking); ``outputs`` are checked on every batch's answer."""
         if not instances:
             raise ValueError("a batcher needs at least one runtime instance")
         self.policy = policy
         self._scheduler = BatchScheduler(policy)
-        self._instances = list(instances)
+        self._instances = instances
+        self._reload = reload
+        self._outputs = tuple(outputs)
+        self._reloading: set[asyncio.Task] = set()
         self._idle: list[_InstanceThread] = []
         self._observer = observer or NullObserver()
         self._clock = clock
@@ -157,7 +179,7 @@ class DynamicBatcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._idle = [_InstanceThread(r, f"runtime-{i}") for i, r in enumerate(self._instances)]
+        self._idle = [_InstanceThread(r, f"runtime-{i}", i) for i, r in enumerate(self._instances)]
         self._loop_task = self._loop.create_task(self._run(), name="batcher")
 
     async def aclose(self) -> None:
@@ -166,6 +188,8 @@ class DynamicBatcher:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
+        for task in list(self._reloading):
+            await asyncio.gather(task, return_exceptions=True)
         for worker in self._idle:
             await asyncio.to_thread(worker.stop)
 
@@ -283,17 +307,71 @@ class DynamicBatcher:
         self._started_seq += 1
         self._running += 1
         loop = self._loop
-        run = self._run_stream if self.policy.decoupled else _run_batch
+        outputs = self._outputs
+        batched = self.policy.max_batch_size > 0
+        run = self._run_stream if self.policy.decoupled else (lambda runtime, b: _run_batch(runtime, b, outputs, batched))
+        timeout = self.policy.execution_timeout_s
+        timer = loop.call_later(timeout, self._hung, seq, worker, batch, queue_s) if timeout and not self.policy.decoupled else None
 
         def job() -> None:  # on the instance's thread
             outcomes, timings = run(worker.runtime, batch)
-            loop.call_soon_threadsafe(self._finish, seq, worker, _Finished(batch, queue_s, outcomes, timings))
+            loop.call_soon_threadsafe(self._finish, seq, worker, _Finished(batch, queue_s, outcomes, timings), timer)
 
         worker.submit(job)
 
-    def _finish(self, seq: int, worker: _InstanceThread, done: _Finished) -> None:
+    def _hung(self, seq: int, worker: _InstanceThread, batch: Batch, queue_s: tuple[float, ...]) -> None:
+        """The batch outlived the execution timeout: answer it now, replace the instance."""
+        worker.abandoned = True
+        ms = self.policy.execution_timeout_s * 1000
+        error = ModelError(f"the model did not finish within its execution timeout ({ms:g} ms); "
+                           "its instance is being reloaded")
+        log.error("an instance of a model hung past %g ms; replacing it", ms)
+        self._settle_batch(seq, _Finished(batch, queue_s, [error] * len(batch.requests), (0.0, 0.0, 0.0)))
+        self._replace(worker)
+        self._schedule_all()
+
+    def _finish(self, seq: int, worker: _InstanceThread, done: _Finished, timer: asyncio.TimerHandle | None = None) -> None:
+        if worker.abandoned:  # a hung batch came back after it was answered: drop it, free the instance
+            self._loop.run_in_executor(None, _retire, worker)
+            return
+        if timer is not None:
+            timer.cancel()
+        faulted = any(isinstance(o, ModelError) for o in done.outcomes)
+        worker.failures = worker.failures + 1 if faulted else 0
+        if worker.failures >= self.policy.reload_after_failures and self._reload is not None:
+            log.error("an instance failed %d batches in a row; replacing it", worker.failures)
+            worker.abandoned = True
+            self._loop.run_in_executor(None, _retire, worker)
+            self._replace(worker)
+        else:
+            self._idle.append(worker)
+        self._settle_batch(seq, done)
+        self._schedule_all()
+
+    def _replace(self, worker: _InstanceThread) -> None:
+        """Load a fresh instance for the worker's slot (in a thread), then put it to work."""
+        if self._reload is None:
+            log.error("no way to reload the instance: the model runs on %d fewer instance(s)", 1)
+            return
+        task = self._loop.create_task(self._reload_instance(worker.index))
+        self._reloading.add(task)
+        task.add_done_callback(self._reloading.discard)
+
+    async def _reload_instance(self, index: int) -> None:
+        try:
+            runtime = await asyncio.to_thread(self._reload, index)
+        except Exception as exc:
+            log.error("reloading instance %d failed: %r; the model runs without it", index, exc)
+            return
+        self._instances[index] = runtime
+        if self._closing:
+            await asyncio.to_thread(runtime.unload)
+            return
+        self._idle.append(_InstanceThread(runtime, f"runtime-{index}", index))
+        self._schedule_all()
+
+    def _settle_batch(self, seq: int, done: _Finished) -> None:
         self._running -= 1
-        self._idle.append(worker)
         if self.policy.preserve_ordering:
             self._finished[seq] = done
             while self._settled_seq in self._finished:
@@ -301,7 +379,6 @@ class DynamicBatcher:
                 self._settled_seq += 1
         else:
             self._answer(done)
-        self._schedule_all()
 
     def _answer(self, done: _Finished) -> None:
         batch = done.batch
@@ -376,7 +453,33 @@ def _settle(request: QueuedRequest, outputs: Outputs | None = None, error: Excep
         ticket.set_result(outputs)
 
 
-def _run_batch(instance: Runtime, batch: Batch) -> tuple[list[Outcome], tuple[float, float, float]]:
+def _retire(worker: _InstanceThread) -> None:
+    """Stop an abandoned instance's thread and free its runtime (in a worker thread)."""
+    worker.stop()
+    try:
+        worker.runtime.unload()
+    except Exception as exc:
+        log.warning("unloading a replaced instance failed: %r", exc)
+
+
+def check_outputs(outputs: Outputs, specs: Sequence[TensorSpec], rows: int, batched: bool) -> None:
+    """The runtime's answer against the model's declared outputs: present, of the declared
+    datatype, and of the declared shape (batch rows first when the model batches)."""
+    for spec in specs:
+        array = outputs.get(spec.name)
+        if array is None:
+            raise ModelError(f"the model returned no output '{spec.name}'")
+        want = np.dtype(object) if spec.datatype == "BYTES" else numpy_dtype(spec.datatype)
+        if array.dtype != want and not (spec.datatype == "BYTES" and array.dtype.kind in "SU"):
+            raise ModelError(f"output '{spec.name}' is {array.dtype}, but the model declares {spec.datatype}")
+        shape = (rows, *spec.shape[1:]) if batched else spec.shape
+        if len(array.shape) != len(shape) or any(d != -1 and d != a for d, a in zip(shape, array.shape, strict=True)):
+            raise ModelError(f"output '{spec.name}' has shape {list(array.shape)}, but the model declares {list(shape)}")
+
+
+def _run_batch(
+    instance: Runtime, batch: Batch, specs: Sequence[TensorSpec] = (), batched: bool = True
+) -> tuple[list[Outcome], tuple[float, float, float]]:
     """Worker thread: assemble rows, execute, split rows back (the timings of each phase).
 
     Bad input in one request must not fail the others: a batch of several requests that
@@ -388,12 +491,14 @@ def _run_batch(instance: Runtime, batch: Batch) -> tuple[list[Outcome], tuple[fl
         t1 = time.perf_counter()
         outputs = instance.execute(inputs)
         t2 = time.perf_counter()
+        if specs:
+            check_outputs(outputs, specs, batch.rows, batched)
         results: list[Outcome] = list(split(batch, outputs))
         return results, (t1 - t0, t2 - t1, time.perf_counter() - t2)
     except InvalidInput as exc:
         if len(batch.requests) == 1:
             return [exc], (0.0, time.perf_counter() - t0, 0.0)
-        outcomes = [_run_batch(instance, Batch((r,), r.rows))[0][0] for r in batch.requests]
+        outcomes = [_run_batch(instance, Batch((r,), r.rows), specs, batched)[0][0] for r in batch.requests]
         return outcomes, (0.0, time.perf_counter() - t0, 0.0)
     except DeepserveError as exc:
         return [exc] * len(batch.requests), (0.0, time.perf_counter() - t0, 0.0)

@@ -44,6 +44,11 @@ class BatchPolicy:
     default_priority_level: int = 1
     default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)
+    # Fault isolation (deepserve's parameters `execution_timeout_ms`, `reload_after_failures`):
+    # a batch running longer fails and its instance is replaced; so is an instance whose
+    # batches failed this many times in a row (a runtime fault, not a client's bad input).
+    execution_timeout_s: float | None = None
+    reload_after_failures: int = 3
 
     def queue_policy(self, level: int) -> QueuePolicy:
         return self.priority_queue_policy.get(level, self.default_queue_policy)
@@ -55,6 +60,24 @@ class BatchPolicy:
         return priority
 
 
+def _faults(config) -> dict:
+    """``execution_timeout_ms`` / ``reload_after_failures`` from the config's parameters."""
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    out: dict = {}
+    try:
+        if params.get("execution_timeout_ms"):
+            out["execution_timeout_s"] = float(params["execution_timeout_ms"]) / 1000
+            if out["execution_timeout_s"] <= 0:
+                raise ValueError
+        if params.get("reload_after_failures"):
+            out["reload_after_failures"] = int(params["reload_after_failures"])
+            if out["reload_after_failures"] < 1:
+                raise ValueError
+    except ValueError:
+        raise ValueError("execution_timeout_ms and reload_after_failures must be positive numbers") from None
+    return out
+
+
 def batch_policy_from_config(config, default_max_queue_size: int) -> BatchPolicy:
     """Build the policy from a Triton ``ModelConfig`` message."""
     decoupled = config.model_transaction_policy.decoupled
@@ -63,6 +86,7 @@ def batch_policy_from_config(config, default_max_queue_size: int) -> BatchPolicy
             max_batch_size=config.max_batch_size,
             decoupled=decoupled,
             default_queue_policy=QueuePolicy(max_queue_size=default_max_queue_size),
+            **_faults(config),
         )
     db = config.dynamic_batching
     levels = max(1, db.priority_levels)
@@ -89,6 +113,7 @@ def batch_policy_from_config(config, default_max_queue_size: int) -> BatchPolicy
         default_priority_level=default_level,
         default_queue_policy=queue_policy(db.default_queue_policy),
         priority_queue_policy={int(k): queue_policy(v) for k, v in db.priority_queue_policy.items()},
+        **_faults(config),
     )
 
 

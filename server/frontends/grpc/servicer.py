@@ -226,7 +226,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self._service.shutting_down:
             raise Unavailable("the server is shutting down; retry on another replica", retry_after_s=1.0)
         request = codec.decode_request(message)
-        remaining = context.time_remaining()
+        remaining = context.time_remaining() if context is not None else None
         if remaining is not None:
             request.deadline_s = time.monotonic() + remaining
         return request
