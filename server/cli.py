@@ -37,6 +37,8 @@ def serve(
     drain_seconds: Annotated[Optional[float], _opt("After SIGTERM, seconds new requests get 503 while load balancers move away (default 5; 0 = none).", "DRAIN_SECONDS")] = None,
     drain_timeout_seconds: Annotated[Optional[float], _opt("After SIGTERM, most seconds (drain period included) requests in flight get to finish; the rest get 503 (default 30).", "DRAIN_TIMEOUT_SECONDS")] = None,
     cpu_threads: Annotated[Optional[int], _opt("Cores the runtimes share (default all).", "CPU_THREADS")] = None,
+    memory_budget_bytes: Annotated[Optional[int], _opt("Host memory budget for models in bytes; loading over it unloads the least recently used idle load-on-demand model (default 0 = none).", "MEMORY_BUDGET_BYTES")] = None,
+    on_demand_load_timeout_seconds: Annotated[Optional[float], _opt("Most seconds a request waits for a load-on-demand model to load, then 503 (default 60).", "ON_DEMAND_LOAD_TIMEOUT_SECONDS")] = None,
     log_level: Annotated[Optional[str], _opt("debug, info, warning, error (default info).", "LOG_LEVEL")] = None,
     log_format: Annotated[Optional[str], _opt("text or json: one JSON object a line, plus a line per request (default text).", "LOG_FORMAT")] = None,
     api_key: Annotated[Optional[str], _opt("Require 'Authorization: Bearer KEY' on inference, metadata and /v1 routes (default off; health and /metrics stay open).", "API_KEY")] = None,
@@ -52,7 +54,8 @@ def serve(
         "grpc_max_message_bytes": grpc_max_message_bytes, "strict_readiness": strict_readiness,
         "default_max_batch_size": default_max_batch_size, "default_max_queue_size": default_max_queue_size,
         "drain_seconds": drain_seconds, "drain_timeout_seconds": drain_timeout_seconds,
-        "cpu_threads": cpu_threads, "log_level": log_level, "log_format": log_format,
+        "cpu_threads": cpu_threads, "memory_budget_bytes": memory_budget_bytes,
+        "on_demand_load_timeout_seconds": on_demand_load_timeout_seconds, "log_level": log_level, "log_format": log_format,
         "api_key": api_key, "api_key_file": api_key_file, "admin_key": admin_key, "admin_key_file": admin_key_file,
         "cors_origins": cors_origins,
     }

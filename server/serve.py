@@ -80,7 +80,10 @@ def build_service(settings: Settings) -> tuple[InferenceService, Metrics]:
         default_max_queue_size=settings.default_max_queue_size,
         cpu_threads=settings.cpu_threads,
     )
-    repository = ModelRepository(settings.model_repository.resolve(), options, metrics)
+    repository = ModelRepository(
+        settings.model_repository.resolve(), options, metrics,
+        settings.memory_budget_bytes, settings.on_demand_load_timeout_seconds,
+    )
     return InferenceService(repository, __version__, settings.strict_readiness), metrics
 
 

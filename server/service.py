@@ -93,6 +93,7 @@ class InferenceService:
         return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        self.repository.start_on_demand_load(name)  # a load-on-demand model: 503 + Retry-After until loaded
         model = self.repository.get(name, version)
         versions = (model.version,) if version else self.repository.versions(name)
         return ModelMetadata(
@@ -131,8 +132,9 @@ class InferenceService:
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate, queue, run, and shape the one response (requested outputs, classification)."""
         self._check_accepting()
-        model = self.repository.get(request.model_name, request.model_version)
+        model = await self.repository.acquire(request.model_name, request.model_version)  # held until answered
         if model.decoupled:
+            self.repository.release(model)
             raise InvalidInput(
                 f"model '{model.name}' is decoupled (it may send several responses per request): use gRPC "
                 "ModelStreamInfer or HTTP POST .../generate_stream instead of infer"
@@ -147,13 +149,14 @@ class InferenceService:
             raise _given_up(cancelled=True) from None
         finally:
             self._leave(call)
+            self.repository.release(model)
         return self._response(request, model, outputs)
 
     async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Every response of the request as it is produced. Closing the iterator early
         stops the model's producer and frees its slot."""
         self._check_accepting()
-        model = self.repository.get(request.model_name, request.model_version)
+        model = await self.repository.acquire(request.model_name, request.model_version)  # held until answered
         call = _Call(None)  # the task that drives a stream may change between responses
         self._calls.add(call)
         try:
@@ -175,6 +178,7 @@ class InferenceService:
                     yield self._response(request, model, outputs)
         finally:
             self._leave(call)
+            self.repository.release(model)
 
     @contextlib.contextmanager
     def accounting(self, model_name: str, version: str = "") -> Iterator[None]:

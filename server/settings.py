@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         30.0, ge=0, description="After SIGTERM: most seconds (drain period included) requests in flight get; those still running then get 503."
     )
     cpu_threads: int = Field(0, ge=0, description="Cores the runtimes share (0 = all); split across instances.")
+    memory_budget_bytes: int = Field(
+        0, ge=0, description="Host memory the models may take (RSS measured at load); over it the least recently used idle load-on-demand model is unloaded (0 = no budget)."
+    )
+    on_demand_load_timeout_seconds: float = Field(
+        60.0, gt=0, description="Most seconds a request waits for its load-on-demand model to load; then 503 with Retry-After."
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text (readable lines) or json (one JSON object a line, plus one line per request at INFO)."

@@ -19,6 +19,8 @@ deepserve_batch_size                         histogram  rows per execution
 deepserve_pending_requests                   gauge      queued, not yet running
 deepserve_inflight_requests                  gauge      accepted, not yet answered
 deepserve_model_load_duration_seconds        gauge      time the last load took
+deepserve_model_resident_bytes               gauge      process RSS delta across its load (the
+                                                        size the memory budget counts)
 deepserve_response_count_total               counter    responses sent by decoupled models
 deepserve_generated_images_total             counter    final images of generation models
 ===========================================  =========  ==========================================
@@ -72,6 +74,9 @@ class Metrics:
         self.pending = Gauge("deepserve_pending_requests", "Requests queued, not yet running", labels, registry=r)
         self.inflight = Gauge("deepserve_inflight_requests", "Requests accepted, not yet answered", labels, registry=r)
         self.load_s = Gauge("deepserve_model_load_duration_seconds", "Time the last load of the model took", labels, registry=r)
+        self.resident = Gauge(
+            "deepserve_model_resident_bytes", "Resident memory the model's load took (process RSS delta)", labels, registry=r
+        )
         self.responses = Counter("deepserve_response_count", "Responses sent by decoupled models", labels, registry=r)
         self.images = Counter("deepserve_generated_images", "Final images of generation models", labels, registry=r)
         self.step_s = Histogram(
@@ -91,7 +96,7 @@ class Metrics:
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's series when it is unloaded."""
         for metric in (self.success, self.inferences, self.executions, self.request_s, self.queue_s,
-                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.responses, self.images):
+                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.resident, self.responses, self.images):
             try:
                 metric.remove(name, version)
             except KeyError:
@@ -122,6 +127,7 @@ class ModelMetrics:
         self.pending = m.pending.labels(name, version)
         self.inflight = m.inflight.labels(name, version)
         self.load_s = m.load_s.labels(name, version)
+        self.resident = m.resident.labels(name, version)
         self.responses = m.responses.labels(name, version)
         self.images = m.images.labels(name, version)
 

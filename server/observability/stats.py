@@ -70,6 +70,7 @@ class ModelStatistics:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStat] = field(default_factory=dict)
     responses: dict[int, ResponseStat] = field(default_factory=dict)  # decoupled: by response index
+    memory_usage: list[dict] = field(default_factory=list)  # what the load took: {type, id, byte_size}
 
     def as_json(self) -> dict:
         """Triton's ``ModelStatistics`` JSON shape."""
@@ -100,7 +101,7 @@ class ModelStatistics:
                 }
                 for size, stat in sorted(self.batches.items())
             ],
-            "memory_usage": [],
+            "memory_usage": list(self.memory_usage),
         }
 
 
@@ -114,6 +115,7 @@ class ModelTelemetry:
     def __init__(self, metrics: ModelMetrics, name: str, version: str) -> None:
         self.metrics = metrics
         self.stats = ModelStatistics(name, version)
+        self.inflight = 0  # accepted, not yet answered (the repository evicts idle models only)
 
     # BatchObserver
     def pending(self, count: int) -> None:
@@ -185,6 +187,7 @@ class ModelTelemetry:
             self.request_finished(time.perf_counter() - started, failure)
 
     def request_started(self) -> None:
+        self.inflight += 1
         self.metrics.inflight.inc()
 
     def request_refused(self, reason: str) -> None:
@@ -194,6 +197,7 @@ class ModelTelemetry:
         self.stats.fail.add(0.0)
 
     def request_finished(self, duration_s: float, failure_reason: str | None) -> None:
+        self.inflight -= 1
         self.metrics.inflight.dec()
         if failure_reason is None:
             self.metrics.success.inc()

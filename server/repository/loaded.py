@@ -7,6 +7,7 @@ ensemble executor). Frontends never see it: they go through ``InferenceService``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -35,6 +36,12 @@ class LoadedModel:
     steps: tuple[str, ...] = ()  # the models an ensemble calls
     text_inputs: frozenset[str] = frozenset()  # BYTES inputs the runtime reads as UTF-8 text
     input_index: dict[str, TensorSpec] = field(default_factory=dict)
+    # Residency (the repository's): the requests holding this version (an unload waits for
+    # them; ``released`` is set when the last one lets go), and the memory its load took.
+    refs: int = 0
+    released: asyncio.Event | None = None
+    resident_bytes: int = 0  # process RSS delta across the load
+    device_bytes: int = 0  # this process's GPU memory delta across the load (NVML)
 
     def __post_init__(self) -> None:
         self.input_index = {spec.name: spec for spec in self.inputs}
