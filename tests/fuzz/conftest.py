@@ -121,10 +121,7 @@ def fuzz_server(tmp_path_factory, tally: Tally) -> Iterator[fx.ServerHandle]:
         yield handle
         assert_healthy(handle)
         log = handle.log()
-        # grpcio's own traceback for undecodable messages is the one known case
-        # (test_grpc_fuzz.test_undecodable_message_is_invalid_argument); any other is a failure.
-        known = log.count("Unexpected [DecodeError] raised by servicer method")
-        assert log.count("Traceback") == known, log[-20000:]
+        assert "Traceback" not in log, log[-20000:]
 
 
 def assert_healthy(server: fx.ServerHandle) -> None:

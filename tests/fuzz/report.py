@@ -46,11 +46,10 @@ make fuzz                 # FUZZ_SCALE=12: 10,000+ cases
 make fuzz FUZZ_SCALE=40   # longer
 ```
 
-Known issue (xfail `test_undecodable_message_is_invalid_argument`): a gRPC message that does not
-parse as a `ModelInferRequest` fails inside grpcio's deserializer, before the servicer runs,
-and ends with UNKNOWN and a logged traceback rather than INVALID_ARGUMENT. Those cases are
-counted apart below (`grpc_wire_undecodable_known_bug`), not as server errors of deepserve's
-code; the fix belongs where the service is registered (`server/frontends/grpc/server.py`).
+A gRPC message that does not parse as a `ModelInferRequest` is refused with
+INVALID_ARGUMENT by the guarded decoder (`server/frontends/grpc/decoding.py`); before that
+fix (runs up to commit `5c054d7`) grpcio ended such calls with UNKNOWN and a logged traceback,
+counted apart in those runs as `grpc_wire_undecodable_known_bug`.
 
 ## Latest run
 """

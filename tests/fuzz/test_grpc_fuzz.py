@@ -207,9 +207,9 @@ def test_mutated_wire_bytes(channel: grpc.Channel, tally: Tally, request, data) 
         if wire:
             wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
     code, details = _call_raw(channel, bytes(wire))
-    if not _parses(bytes(wire)):
-        # Known, not ours to fix here: see test_undecodable_message_is_invalid_argument.
-        tally.record("grpc_wire_undecodable_known_bug", code.name, False)  # its UNKNOWNs are in the statuses
+    if not _parses(bytes(wire)):  # refused by the guarded decoder (server/frontends/grpc/decoding.py)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{code.name}: {details}"
+        record_code(tally, "grpc_wire_undecodable", code, details, bytes(wire))
         return
     record_code(tally, "grpc_wire_bytes", code, details, bytes(wire))
 
@@ -235,13 +235,6 @@ def _call_raw(channel: grpc.Channel, wire: bytes) -> tuple[grpc.StatusCode, str]
     return grpc.StatusCode.OK, ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpcio deserializes the request before the servicer runs: bytes that are not a ModelInferRequest "
-    "end with UNKNOWN ('Unexpected <class DecodeError>') and a traceback in the log, not INVALID_ARGUMENT. "
-    "The fix belongs in server/frontends/grpc/server.py (register the service with a deserializer that "
-    "turns DecodeError into INVALID_ARGUMENT).",
-)
 def test_undecodable_message_is_invalid_argument(channel: grpc.Channel) -> None:
     wire = pb.ModelInferRequest(model_name="simple").SerializeToString()[:-1]  # a length-delimited field cut short
     assert not _parses(wire)

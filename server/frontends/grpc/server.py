@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from server.frontends.grpc.decoding import add_guarded
 from server.frontends.grpc.interceptors import ServerInterceptor
 from server.frontends.grpc.servicer import InferenceServicer
 from server.frontends.http.security import Authenticator
@@ -97,7 +98,7 @@ async def start_grpc(service: InferenceService, settings) -> GrpcServer:
     """Bind ``settings.host:settings.grpc_port`` and start serving."""
     interceptor = ServerInterceptor(Authenticator.from_settings(settings))  # keys, request ids, access lines
     server = grpc.aio.server(options=server_options(settings), interceptors=(interceptor,))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    add_guarded(service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
     health_servicer = ReadinessHealth(service)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
