@@ -84,7 +84,7 @@ def build_service(settings: Settings) -> tuple[InferenceService, Metrics]:
         settings.model_repository.resolve(), options, metrics,
         settings.memory_budget_bytes, settings.on_demand_load_timeout_seconds,
     )
-    return InferenceService(repository, __version__, settings.strict_readiness), metrics
+    return InferenceService(repository, __version__, settings.strict_readiness, settings.max_inflight), metrics
 
 
 def _uvicorn(app, settings: Settings, port: int) -> _Server:

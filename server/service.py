@@ -14,7 +14,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from server.core.datatypes import datatype_of
-from server.core.errors import DeepserveError, InvalidInput, Unavailable
+from server.core.errors import DeepserveError, InvalidInput, QueueFull, Unavailable
 from server.core.types import InferenceRequest, InferenceResponse, OutputTensor, TensorSpec
 from server.core.validation import classify
 from server.repository.config import ModelConfig, config_from_json
@@ -63,10 +63,13 @@ class ModelMetadata:
 
 
 class InferenceService:
-    def __init__(self, repository: ModelRepository, version: str, strict_readiness: bool = True) -> None:
+    def __init__(self, repository: ModelRepository, version: str, strict_readiness: bool = True,
+                 max_inflight: int = 0) -> None:
         self.repository = repository
         self.version = version
         self.strict_readiness = strict_readiness
+        self.max_inflight = max_inflight  # inference requests admitted at once, server-wide (0 = no limit)
+        self._admitted = 0
         self._live = True
         # Set by the shutdown (SIGTERM): not ready, and new inferences are answered 503 while
         # the ones in ``_calls`` finish (``server/serve.py`` drains; liveness is unchanged).
@@ -181,12 +184,24 @@ class InferenceService:
             self.repository.release(model)
 
     @contextlib.contextmanager
-    def accounting(self, model_name: str, version: str = "") -> Iterator[None]:
+    def accounting(self, model_name: str, version: str = "", admit: bool = True) -> Iterator[None]:
         """Count exactly once every inference request that fails: wrap a frontend's whole
         handling of one request (decoding included). A failure the model's telemetry
         already counted passes through; any other (the body did not decode, no such model,
         the server is draining) is counted here, with the model's label when the
-        repository knows the name and without one when it does not."""
+        repository knows the name and without one when it does not.
+
+        With ``admit`` the request also takes one of the server-wide ``max_inflight``
+        places until it is answered (a stream: until its first response); with none left it
+        is refused at once, before its body is read where the route allows (503, OVERLOAD)."""
+        if admit:
+            if self.max_inflight and self._admitted >= self.max_inflight:
+                error = QueueFull(f"the server is at its limit of {self.max_inflight} requests in flight; retry later",
+                                  retry_after_s=1.0)
+                error.counted = True
+                self.repository.count_refused(model_name, version, error.reason)
+                raise error
+            self._admitted += 1
         try:
             yield
         except DeepserveError as exc:
@@ -194,6 +209,9 @@ class InferenceService:
                 exc.counted = True
                 self.repository.count_refused(model_name, version, exc.reason)
             raise
+        finally:
+            if admit:
+                self._admitted -= 1
 
     # -- the drain (server/serve.py) ---------------------------------------------------
 

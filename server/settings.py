@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     default_max_queue_size: int = Field(
         1024, gt=0, description="Queue bound for models whose config sets none; a full queue answers 503."
     )
+    max_inflight: int = Field(
+        4096, ge=0, description="Inference requests in flight at once, server-wide (0 = no limit); past it, 503 at once."
+    )
     drain_seconds: float = Field(
         5.0, ge=0, description="After SIGTERM: seconds new requests get 503 (not ready, listeners open) so load balancers move away; 0 = none."
     )

@@ -107,3 +107,37 @@ def test_deadlines_from_the_http_header_and_grpc_are_enforced_in_the_queue(http_
     assert counted in ({("bounded", "TIMEOUT"): 1.0}, {("bounded", "CANCELED"): 1.0})
     stats = httpx.get(f"{url}/v2/models/bounded/stats").json()["model_stats"][0]
     assert stats["execution_count"] == 0  # neither request ever reached the runtime
+
+
+def test_past_the_servers_inflight_limit_requests_are_refused_at_once(tmp_path):
+    """``--max-inflight 2``: with two requests held in ``bounded``'s 30 s batching window, a
+    third is refused with 503 + Retry-After before its body is read, counted OVERLOAD."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration import server_fixtures as fx
+    from tests.integration.conftest import BOUNDED_CONFIG
+
+    fx._save(fx.identity_model({"INPUT": (fx.TensorProto.FLOAT, ["batch", 4])}), tmp_path / "bounded" / "1" / "model.onnx")
+    (tmp_path / "bounded" / "config.pbtxt").write_text(BOUNDED_CONFIG)
+    body = {"inputs": [{"name": "INPUT", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    with fx.running_server(tmp_path, extra_env={"DEEPSERVE_MAX_INFLIGHT": "2"}) as server:
+        url = f"http://{server.http_url}"
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(httpx.post, f"{url}/v2/models/bounded/infer", json=body,
+                                headers={"X-Request-Timeout-Ms": "3000"}, timeout=30) for _ in range(2)]
+            deadline = time.monotonic() + 20  # until both are queued (a bound, not a timing)
+            while time.monotonic() < deadline:
+                stats = httpx.get(f"{url}/v2/models/bounded/stats").json()["model_stats"][0]
+                if httpx.get(f"{url}/metrics").text.count('deepserve_pending_requests{model="bounded",version="1"} 2.0'):
+                    break
+                time.sleep(0.02)
+            before = failures(url)
+            refused = httpx.post(f"{url}/v2/models/bounded/infer", json=body, timeout=30)
+            assert refused.status_code == 503 and "in flight" in refused.json()["error"], refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert delta(before, failures(url)) == {("bounded", "OVERLOAD"): 1.0}
+            assert [f.result().status_code for f in held] == [503, 503]  # their own deadlines passed
+        assert stats["execution_count"] == 0
+        ok = httpx.post(f"{url}/v2/models/bounded/infer", json={"inputs": [
+            {"name": "INPUT", "shape": [8, 4], "datatype": "FP32", "data": [0.5] * 32}]}, timeout=30)
+        assert ok.status_code == 200  # a full batch runs at once; the places were given back

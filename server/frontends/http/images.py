@@ -142,7 +142,7 @@ async def generations(request: Request) -> Response:
     """Failures are counted once: a body that does not parse without a model, the rest
     under the model it names (each of the ``n`` images is one request of that model)."""
     service: InferenceService = request.app.state.service
-    with service.accounting(""):
+    with service.accounting("", admit=False):
         body = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
     name = body.get("model") or DEFAULT_MODEL
     with service.accounting(name if isinstance(name, str) else ""):

@@ -79,7 +79,7 @@ def _number(options: dict, key: str, kind: type, low: float, high: float | None 
 
 async def _parse_counted(request: Request) -> tuple[list[bytes], dict[str, Any]]:
     """``_parse``, a failure counted without a model (a body that does not parse names none)."""
-    with request.app.state.service.accounting(""):
+    with request.app.state.service.accounting("", admit=False):
         return await _parse(request)
 
 
