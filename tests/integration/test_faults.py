@@ -110,3 +110,57 @@ def test_neighbours_are_untouched(server):
     b.set_data_from_numpy(np.ones((1, 16), np.float32))
     assert client.infer("simple", [a, b]).as_numpy("OUTPUT0").tolist() == [list(range(1, 17))]
     assert httpx.get(f"http://{server.http_url}/v2/health/ready").status_code == 200
+
+
+def metric_counts(url: str, model: str) -> dict[str, float]:
+    """success and failure{reason} totals of one model, from /metrics."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"http://{url}/metrics").text.splitlines():
+        if f'model="{model}"' not in line:
+            continue
+        if line.startswith("deepserve_request_success_total"):
+            counts["SUCCESS"] = counts.get("SUCCESS", 0.0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith("deepserve_request_failure_total"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = counts.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_under_concurrent_faults_every_request_is_answered_once_and_counted_exactly(server):
+    """96 concurrent requests over HTTP and gRPC mixing good ones, raising and garbage-
+    answering batches, a hang past the execution timeout and malformed inputs: what the
+    clients saw equals what /metrics counted, reason by reason."""
+    plan = [0] * 48 + [1] * 16 + [3] * 12 + [4] * 8 + [2] * 2 + [-1] * 10  # -1: a malformed request
+    before = metric_counts(server.http_url, "faulty")
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def one(args) -> str:
+        index, mode = args
+        if mode == -1:
+            bad = {"inputs": [{"name": "MODE", "shape": [1, 1], "datatype": "INT32", "data": [0]},
+                              {"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+            status = httpx.post(f"http://{server.http_url}/v2/models/faulty/infer", json=bad, timeout=60).status_code
+            return {400: "INVALID"}.get(status, str(status))
+        if index % 2:  # every other request over gRPC
+            tensors = [grpcclient.InferInput("MODE", [1, 1], "INT32"), grpcclient.InferInput("X", [1, 2], "FP32")]
+            tensors[0].set_data_from_numpy(np.array([[mode]], np.int32))
+            tensors[1].set_data_from_numpy(np.array([[1.5, 2.5]], np.float32))
+            try:
+                result = grpc.infer("faulty", tensors, client_timeout=60)
+            except InferenceServerException as exc:
+                return {"StatusCode.INTERNAL": "BACKEND"}.get(exc.status(), exc.status())
+            return "SUCCESS" if result.as_numpy("Y").tolist() == [[3.0, 5.0]] else "WRONG"
+        response = call(server.http_url, mode)
+        if response.status_code == 200:
+            return "SUCCESS" if response.json()["outputs"][0]["data"] == [3.0, 5.0] else "WRONG"
+        return {500: "BACKEND"}.get(response.status_code, str(response.status_code))
+
+    with ThreadPoolExecutor(32) as pool:
+        seen = list(pool.map(one, enumerate(plan)))
+    clients: dict[str, float] = {}
+    for outcome in seen:
+        clients[outcome] = clients.get(outcome, 0.0) + 1
+    assert clients == {"SUCCESS": 48.0, "BACKEND": 38.0, "INVALID": 10.0}, clients
+    after = metric_counts(server.http_url, "faulty")
+    counted = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if after.get(k, 0.0) != before.get(k, 0.0)}
+    assert counted == clients
