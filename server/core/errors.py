@@ -8,6 +8,7 @@ No HTTP or gRPC type ever crosses into the layers below the frontends.
 from __future__ import annotations
 
 import copy
+from contextvars import ContextVar
 
 
 class DeepserveError(Exception):
@@ -53,6 +54,18 @@ class Unavailable(DeepserveError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ClientGone(Unavailable):
+    """The client went away before its answer was ready (nobody reads this error; it is
+    counted as CANCELED, once: see :data:`CANCEL_COUNTED`)."""
+
+    reason = "CANCELED"
+
+
+# Set in a request's task once a model's telemetry has counted its cancellation, so the
+# frontend that sees the client gone does not count it a second time.
+CANCEL_COUNTED: ContextVar[bool] = ContextVar("deepserve_cancel_counted", default=False)
 
 
 class QueueFull(Unavailable):

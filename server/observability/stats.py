@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from server.core.errors import DeepserveError
+from server.core.errors import CANCEL_COUNTED, DeepserveError
 from server.observability.metrics import ModelMetrics
 from server.scheduling.batcher import BatchTimings
 
@@ -185,6 +185,8 @@ class ModelTelemetry:
             raise
         finally:
             self.request_finished(time.perf_counter() - started, failure)
+            if failure == "CANCELED":
+                CANCEL_COUNTED.set(True)
 
     def request_started(self) -> None:
         self.inflight += 1

@@ -141,3 +141,18 @@ def test_past_the_servers_inflight_limit_requests_are_refused_at_once(tmp_path):
         ok = httpx.post(f"{url}/v2/models/bounded/infer", json={"inputs": [
             {"name": "INPUT", "shape": [8, 4], "datatype": "FP32", "data": [0.5] * 32}]}, timeout=30)
         assert ok.status_code == 200  # a full batch runs at once; the places were given back
+
+
+def test_a_client_that_leaves_is_counted_once_as_canceled(url):
+    """A request waiting in ``bounded``'s 30 s batching window whose client gives up: the
+    server drops it (it never runs) and counts it once, CANCELED."""
+    body = {"inputs": [{"name": "INPUT", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    before = failures(url)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v2/models/bounded/infer", json=body, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 30  # the server notices the closed connection (a bound, not a timing)
+    while not delta(before, failures(url)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    full = {"inputs": [{"name": "INPUT", "shape": [8, 4], "datatype": "FP32", "data": [0.5] * 32}]}
+    assert httpx.post(f"{url}/v2/models/bounded/infer", json=full, timeout=30).status_code == 200  # a later request's round trip
+    assert delta(before, failures(url)) == {("bounded", "CANCELED"): 1.0}

@@ -26,7 +26,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.core.errors import InvalidInput, ModelError
+from server.core.errors import ClientGone, InvalidInput, ModelError
 from server.core.types import InferenceRequest
 from server.frontends.http.body import read_json_object
 from server.frontends.http.infer import until_disconnect
@@ -176,7 +176,11 @@ async def _generations(request: Request, service: InferenceService, body: dict) 
                                   "steps", "guidance_scale"} - _IGNORED)
     if unknown:
         raise InvalidInput(f"unknown field(s) {unknown}")
-    images = await until_disconnect(request.receive, _generate(service, meta, label, n, seed, extras))
+    try:
+        images = await until_disconnect(request.receive, _generate(service, meta, label, n, seed, extras))
+    except ClientGone as gone:
+        gone.counted = True  # each image's request was counted (CANCELED) by the model itself
+        raise
     return json_response({"created": int(time.time()), "data": [{"b64_json": png_base64(i, scale)} for i in images]})
 
 

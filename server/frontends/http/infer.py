@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from server.core.errors import DeepserveError, InvalidInput, Unavailable
+from server.core.errors import CANCEL_COUNTED, ClientGone, DeepserveError, InvalidInput
 from server.core.validation import check_version
 from server.frontends.http import codec
 from server.frontends.http.body import compress, read_body
@@ -149,7 +149,9 @@ async def until_disconnect(receive, work: Awaitable[T]) -> T:
         return await work
     except asyncio.CancelledError:
         if gone:
-            raise Unavailable("the client disconnected before the answer was ready") from None
+            error = ClientGone("the client disconnected before the answer was ready")
+            error.counted = CANCEL_COUNTED.get()  # the model counted it already if it got that far
+            raise error from None
         raise
     finally:
         timer.cancel()
