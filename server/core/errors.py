@@ -80,6 +80,11 @@ class Timeout(Unavailable):
     reason = "TIMEOUT"
 
 
+class DeadlineExceeded(Timeout):
+    """The client's own deadline passed before the request could run (gRPC
+    DEADLINE_EXCEEDED; HTTP 503 like any timeout)."""
+
+
 class Unsupported(DeepserveError):
     """A feature the server does not implement (maps to 501 / UNIMPLEMENTED)."""
 

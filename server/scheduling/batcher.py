@@ -42,7 +42,7 @@ from typing import Protocol
 import numpy as np
 
 from server.core.datatypes import numpy_dtype
-from server.core.errors import DeepserveError, InvalidInput, ModelError, Timeout, Unavailable
+from server.core.errors import DeadlineExceeded, DeepserveError, InvalidInput, ModelError, Timeout, Unavailable
 from server.core.types import TensorSpec
 from server.runtimes.base import Runtime, StreamingRuntime
 from server.scheduling.base import Job, Outputs
@@ -236,7 +236,7 @@ class DynamicBatcher:
             timeout = min(job.timeout_us, timeout) if timeout else job.timeout_us
         now = self._clock()
         if job.budget_s is not None and job.budget_s <= 0:
-            raise Timeout("the request's deadline passed before it could be queued")
+            raise DeadlineExceeded("the request's deadline passed before it could be queued")
         request = QueuedRequest(
             inputs=job.inputs,
             rows=job.rows,
@@ -432,7 +432,7 @@ def _deliver(channel: _Channel, outputs: Outputs, observer: BatchObserver, index
 def _expire(request: QueuedRequest) -> None:
     """A request that timed out in the queue: its one answer (a stream's only item)."""
     if request.client_deadline_s is not None and request.client_deadline_s <= (request.deadline_s or float("inf")):
-        error = Timeout("the request's deadline passed while it waited in the queue; it was not run")
+        error = DeadlineExceeded("the request's deadline passed while it waited in the queue; it was not run")
     else:
         error = Timeout("the request timed out in the queue before it could run")
     if isinstance(request.ticket, _Channel):

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import grpc
 
-from server.core.errors import DeepserveError, InvalidInput, ModelError, ModelNotFound, Unavailable, Unsupported
+from server.core.errors import (
+    DeadlineExceeded,
+    DeepserveError,
+    InvalidInput,
+    ModelError,
+    ModelNotFound,
+    Unavailable,
+    Unsupported,
+)
 
 _CODES: tuple[tuple[type[DeepserveError], grpc.StatusCode], ...] = (
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),  # the call's own deadline passed
     (Unavailable, grpc.StatusCode.UNAVAILABLE),  # QueueFull, Timeout, not ready, unloading, shutting down
     (Unsupported, grpc.StatusCode.UNIMPLEMENTED),
     (ModelError, grpc.StatusCode.INTERNAL),
