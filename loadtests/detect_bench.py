@@ -44,6 +44,7 @@ import numpy as np
 from loadtests.detect_report import ENSEMBLE, NETWORK, STEPS, TARGET, headline, render  # noqa: F401 (re-exported)
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
 from loadtests.runinfo import (
+    Phase,
     add_output_arguments,
     finish,
     note_edits,
@@ -191,18 +192,6 @@ def step_costs(pre, network, post, jpegs: list[bytes]) -> dict:
 
 
 # ---- (b) over HTTP -------------------------------------------------------------------------
-
-
-class Phase:
-    def __init__(self) -> None:
-        self.samples_ms: list[float] = []
-        self.errors = 0
-        self.messages: list[str] = []
-
-    def failed(self, exc: BaseException) -> None:
-        self.errors += 1
-        if len(self.messages) < 5:
-            self.messages.append(f"{type(exc).__name__}: {exc}"[:300])
 
 
 class Client:

@@ -47,7 +47,16 @@ import numpy as np
 
 from loadtests.images_report import BATCHED, LEVELS, MODEL_OF, SINGLE, TARGET, VARIANTS, headline, render  # noqa: F401 (re-exported)
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
-from loadtests.runinfo import add_output_arguments, finish, note_edits, quantiles, record, stats_delta, wait_for_quiet
+from loadtests.runinfo import (
+    Phase,
+    add_output_arguments,
+    finish,
+    note_edits,
+    quantiles,
+    record,
+    stats_delta,
+    wait_for_quiet,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 424_242  # the bench's own seeds
@@ -153,18 +162,6 @@ class Reference:
 
 
 # ---- over HTTP -----------------------------------------------------------------------------
-
-
-class Phase:
-    def __init__(self) -> None:
-        self.samples_ms: list[float] = []
-        self.errors = 0
-        self.messages: list[str] = []
-
-    def failed(self, exc: BaseException) -> None:
-        self.errors += 1
-        if len(self.messages) < 5:
-            self.messages.append(f"{type(exc).__name__}: {exc}"[:300])
 
 
 class Client:

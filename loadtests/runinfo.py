@@ -25,6 +25,21 @@ from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class Phase:
+    """One measured phase of a benchmark: client-side latencies and failures."""
+
+    def __init__(self) -> None:
+        self.samples_ms: list[float] = []
+        self.errors = 0
+        self.messages: list[str] = []
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a failed request (a benchmark keeps going); keep the first few messages."""
+        self.errors += 1
+        if len(self.messages) < 5:
+            self.messages.append(f"{type(exc).__name__}: {exc}"[:300])
+
+
 def quantiles(samples: list[float]) -> dict:
     ordered = sorted(samples)
     if not ordered:

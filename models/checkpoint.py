@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import torch
@@ -12,6 +12,26 @@ import torch
 def config_to_metadata(config) -> dict[str, str]:
     """A dataclass config as safetensors metadata; tuples become comma lists."""
     return {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in asdict(config).items()}
+
+
+def config_from_metadata(cls, meta: dict[str, str] | None):
+    """The inverse of :func:`config_to_metadata`: a ``cls`` (a dataclass) whose fields are
+    parsed as their defaults' types (tuples as comma lists); missing ones keep the default."""
+    if not meta:
+        return cls()
+    values = {}
+    for f in fields(cls):
+        if f.name not in meta:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        text = meta[f.name]
+        if isinstance(default, tuple):
+            values[f.name] = tuple(type(default[0])(v) for v in text.split(",")) if default else ()
+        elif isinstance(default, bool):
+            values[f.name] = text == "True"
+        else:
+            values[f.name] = type(default)(text)
+    return cls(**values)
 
 
 def save(model: torch.nn.Module, path: Path) -> None:

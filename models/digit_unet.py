@@ -111,17 +111,7 @@ def numpy_eps(model: nn.Module, batch_size: int = 1024):
 
 
 def config_from_metadata(meta: dict[str, str] | None) -> DigitUNetConfig:
-    if not meta:
-        return DigitUNetConfig()
-    return DigitUNetConfig(
-        channels=tuple(int(c) for c in meta["channels"].split(",")),  # type: ignore[arg-type]
-        emb_dim=int(meta["emb_dim"]),
-        groups=int(meta["groups"]),
-        n_classes=int(meta["n_classes"]),
-        train_steps=int(meta["train_steps"]),
-        beta_start=float(meta["beta_start"]),
-        beta_end=float(meta["beta_end"]),
-    )
+    return checkpoint.config_from_metadata(DigitUNetConfig, meta)
 
 
 def save(model: DigitUNet, path: Path) -> None:

@@ -93,15 +93,7 @@ class VAEDecoder(nn.Module):
 
 
 def config_from_metadata(meta: dict[str, str] | None) -> DigitVAEConfig:
-    if not meta:
-        return DigitVAEConfig()
-    return DigitVAEConfig(
-        latent_dim=int(meta["latent_dim"]),
-        channels=tuple(int(c) for c in meta["channels"].split(",")),  # type: ignore[arg-type]
-        hidden=int(meta["hidden"]),
-        n_classes=int(meta["n_classes"]),
-        label_dim=int(meta["label_dim"]),
-    )
+    return checkpoint.config_from_metadata(DigitVAEConfig, meta)
 
 
 def save(model: DigitVAE, path: Path) -> None:

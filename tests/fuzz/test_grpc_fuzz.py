@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from server.frontends.grpc.codec import CONTENTS_FIELD
 from tests.fuzz.conftest import Tally, assert_healthy, fuzz_settings
 from tests.fuzz.strategies import Tensor, model_requests
 from tests.integration import server_fixtures as fx
@@ -32,20 +33,7 @@ CONTENTS = [
     "fp64_contents",
     "bytes_contents",
 ]
-FIELD_FOR = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+FIELD_FOR = CONTENTS_FIELD  # the codec's own table: datatype -> typed contents field
 LIMITS = {
     "int_contents": (-(2**31), 2**31 - 1),
     "int64_contents": (-(2**63), 2**63 - 1),

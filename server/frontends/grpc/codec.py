@@ -34,7 +34,7 @@ FINAL_RESPONSE = "triton_final_response"
 _SHM_KEYS = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
 
 # datatype -> the typed field of InferTensorContents that carries it
-_CONTENTS_FIELD: dict[str, str] = {
+CONTENTS_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
     "INT16": "int_contents",
@@ -136,7 +136,7 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
     shape, count = _check_tensor(tensor)
     if tensor.datatype in dt.BINARY_ONLY:
         raise InvalidInput(f"input '{tensor.name}' is {tensor.datatype}, which travels only in raw_input_contents")
-    field = _CONTENTS_FIELD[tensor.datatype]
+    field = CONTENTS_FIELD[tensor.datatype]
     contents = tensor.contents
     others = [f.name for f, _ in contents.ListFields() if f.name != field]
     if others:
