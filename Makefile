@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-gpu lint bench fuzz clean
+.PHONY: install serve test test-gpu lint bench fuzz soak clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ FUZZ_SCALE ?= 12
 fuzz: install
 	DEEPSERVE_FUZZ_SCALE=$(FUZZ_SCALE) DEEPSERVE_FUZZ_RESULTS=1 $(PY) -m pytest -q --timeout=3600 tests/fuzz
 	$(PY) -m tests.fuzz.report
+
+# Soak (issue #13): 30 minutes of mixed traffic at 70 % of the probed saturation; writes
+# loadtests/results/soak-<date>.json and docs/benchmarks-soak.md.
+soak: install
+	$(PY) -m loadtests.soak --json loadtests/results/soak-$(shell date -u +%F).json --out docs/benchmarks-soak.md
 
 lint: install
 	$(PY) -m pip install --quiet ruff

@@ -287,6 +287,27 @@ def section_images(results_dir: Path = Path(__file__).with_name("results")) -> l
     ]
 
 
+def section_soak(results_dir: Path = Path(__file__).with_name("results")) -> list[str]:
+    """The headline of the newest ``soak-*.json`` (its own run; the page has every minute)."""
+    from loadtests.soak_report import headline as soak_headline
+    from loadtests.soak_report import verdicts
+
+    files = sorted(results_dir.glob("soak-*.json"))
+    if not files:
+        return ["Not measured yet: `make soak` (`python -m loadtests.soak`)."]
+    results = json.loads(files[-1].read_text())
+    h = soak_headline(results)
+    return [
+        (f"`loadtests/soak.py`, a separate run (`{files[-1].name}`, {results['date_utc']}, commit `{results['commit']}`; "
+         "every minute, the probe and the method in `docs/benchmarks-soak.md`): "
+         f"{h['minutes']} minutes of open-loop mixed traffic (v2 HTTP and gRPC on `digits`, `/v1/classify`, image "
+         "generation, a trickle of bad requests) at "
+         f"{h['load']:.0%} of the probed saturation, on a machine shared with other sessions' work."),
+        "",
+        *(f"* {line}" for line in verdicts(h)),
+    ]
+
+
 def render(data: dict) -> str:
     fig = Figures(data)
     meta = data["meta"]
@@ -363,6 +384,10 @@ def render(data: dict) -> str:
         "## 7. Image generation: step-level batching vs one at a time",
         "",
         *section_images(),
+        "",
+        "## 8. Soak: 30 minutes of mixed traffic at 70 % of saturation",
+        "",
+        *section_soak(),
         "",
         "## Exact configurations",
         "",
