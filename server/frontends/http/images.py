@@ -126,7 +126,7 @@ async def _generate(service: InferenceService, meta: ModelMetadata, label: int, 
     seeds = [None if seed is None else seed + i for i in range(n)]
     if meta.decoupled:
         requests = [InferenceRequest(meta.name, _inputs(meta, label, s, extras)) for s in seeds]
-        return list(await asyncio.gather(*(_last(service, r) for r in requests)))
+        return await _all(_last(service, r) for r in requests)
     if meta.batched:  # one request of n rows
         inputs = {k: np.repeat(v, n, axis=0) for k, v in _inputs(meta, label, None, extras).items()}
         if seed is not None:
@@ -134,8 +134,21 @@ async def _generate(service: InferenceService, meta: ModelMetadata, label: int, 
         response = await service.infer(InferenceRequest(meta.name, inputs))
         images = next(t.data for t in response.outputs if t.name == "image")
         return list(images)
-    responses = await asyncio.gather(*(service.infer(InferenceRequest(meta.name, _inputs(meta, label, s, extras))) for s in seeds))
+    responses = await _all(service.infer(InferenceRequest(meta.name, _inputs(meta, label, s, extras))) for s in seeds)
     return [next(t.data for t in r.outputs if t.name == "image") for r in responses]
+
+
+async def _all(calls) -> list:
+    """Every call's result; when one fails (or the client leaves), the others are cancelled
+    at once, so no image is drawn for nobody."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def generations(request: Request) -> Response:
