@@ -64,3 +64,13 @@ def test_readme_model_table_matches_the_model_results():
     assert summary.generate(text) == text, (
         "README.md's default-model table differs from models/results/; run `python -m models.summary`"
     )
+
+
+def test_models_readme_generation_table_matches_the_results():
+    from models import summary
+
+    path = summary.ROOT / "models" / "README.md"
+    text = path.read_text()
+    assert summary.generate_models_readme(text) == text, (
+        "models/README.md's generation table differs from models/results/; run `python -m models.summary`"
+    )
