@@ -2,7 +2,9 @@
 
 The lead's ``server/cli.py`` mounts both; ``python -m export.cli`` runs them standalone.
 Exit codes: 0 written; 1 a parity check failed (nothing written for that variant; the
-numbers are printed); 2 a usage error, or TensorRT asked for on a host without a GPU.
+numbers are printed; with ``--module``, nothing written at all); 2 a usage error (a bad
+``--module`` / ``--input`` / ``--weights`` / data file, an op ONNX export lacks), or
+TensorRT asked for on a host without a GPU.
 """
 
 from __future__ import annotations
@@ -92,8 +94,9 @@ def _family(name: str):
 
 @app.command("model")
 def export_model(
-    family: FamilyArg,
     repository: RepoOpt,
+    family: Annotated[str | None, typer.Argument(help="model family (see `deepserve export families`); "
+                                                      "omit it with --module")] = None,
     variants: VariantsOpt = "fp32",
     name: NameOpt = "",
     version: VersionOpt = 1,
@@ -105,13 +108,32 @@ def export_model(
     preprocess: Annotated[list[str] | None, typer.Option(help="image.decode_resize parameter KEY=VALUE (repeat), e.g. "
                                                          "color=RGB mean=0.485,0.456,0.406")] = None,
     labels: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="class labels, one per line")] = None,
+    module: Annotated[str, typer.Option(help="your own network: PATH.py:FUNC or package.module:FUNC; FUNC() "
+                                        "returns an nn.Module or (module, example_inputs)")] = "",
+    input: Annotated[list[str] | None, typer.Option("--input", help="with --module: NAME:SHAPE[:DTYPE] (repeat), "
+                                                    "e.g. input:batch,3,224,224 or audio:batch,time,80:FP32")] = None,
+    output: Annotated[list[str] | None, typer.Option("--output", help="with --module: output names (repeat; "
+                                                     "default output, output_1, ...)")] = None,
+    calibration_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="with --module: .npz "
+                                                          "(one array per input) or .npy: int8-static calibration "
+                                                          "and the closeness check")] = None,
+    eval_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="with --module: .npz with x "
+                                                   "(or one array per input) and y labels: accuracy deltas")] = None,
 ) -> None:
     """Export, check and write variants; exits 1 with the numbers when a parity check fails.
-    With --task, the ensemble NAME_TASK serves image bytes through /v1/classify or /v1/detect."""
+    With --task, the ensemble NAME_TASK serves image bytes through /v1/classify or /v1/detect.
+    With --module, your own network (no FAMILY): written only when every variant passes."""
     from export.tensorrt import GpuUnavailable
     from export.variants import export_variants
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if module or family is None:
+        _export_user_model(family, module, repository, _variants(variants), name, version, weights,
+                           _options(calibration, keep_io_types, prune_ratio), input or [], output or [], labels,
+                           calibration_data, eval_data, task)
+        return
+    if input or output or calibration_data or eval_data:
+        raise typer.BadParameter("--input, --output, --calibration-data and --eval-data go with --module")
     fam = _family(family)
     try:
         written, failed = export_variants(repository, fam, _variants(variants), name=name or None, version=version,
@@ -127,6 +149,36 @@ def export_model(
 
         network = entry_name(name or fam.name, written[0].variant)
         typer.echo(f"wrote {_pipeline(repository, fam, network, task, preprocess or [], labels)} around {network}")
+
+
+def _export_user_model(family, module, repository, variants, name, version, weights, options, inputs, outputs,
+                       labels, calibration_data, eval_data, task) -> None:
+    """``--module``: build and check every variant first; write them only if all passed."""
+    from export.tensorrt import GpuUnavailable
+    from export.user import UserInputError, build_user_variants, user_family
+    from export.variants import entry_name, write_variant
+
+    if family is not None:
+        raise typer.BadParameter(f"give a FAMILY ('{family}') or --module, not both")
+    if not module:
+        raise typer.BadParameter("missing FAMILY (see `deepserve export families`) or --module PATH.py:FUNC")
+    if not name:
+        raise typer.BadParameter("--module needs --name (the repository entry's name)")
+    if task:
+        raise typer.BadParameter("--task is not supported with --module yet")
+    try:
+        net = user_family(name, module, inputs, outputs, weights=weights, labels=labels,
+                          calibration_data=calibration_data, eval_data=eval_data)
+        artifacts, failed = build_user_variants(net, variants, options)
+    except (UserInputError, GpuUnavailable) as err:
+        _fail(f"Error: {err}", 2)
+    for art in artifacts:
+        typer.echo(art.parity.summary())
+    if failed:
+        _fail("parity failed; nothing written:\n" + "\n".join(f"  {e}" for e in failed))
+    for art in artifacts:
+        path = write_variant(repository, net.family, art, entry_name(name, art.variant), version)
+        typer.echo(f"wrote {path}")
 
 
 def _pipeline(repository: Path, fam, network: str, task: str, preprocess: list[str], labels: Path | None) -> str:
@@ -169,7 +221,7 @@ def export_tensorrt(
     """Build a TensorRT engine (GPU only) with a batch profile from the config; cached per GPU and TensorRT."""
     if precision not in ("fp16", "int8"):
         raise typer.BadParameter("precision must be fp16 or int8")
-    export_model(family, repository, f"trt-{precision}", name, version)
+    export_model(repository, family, f"trt-{precision}", name, version)
 
 
 @app.command("report")
