@@ -2,9 +2,10 @@
 
 The lead's ``server/cli.py`` mounts both; ``python -m export.cli`` runs them standalone.
 Exit codes: 0 written; 1 a parity check failed (nothing written for that variant; the
-numbers are printed; with ``--module``, nothing written at all); 2 a usage error (a bad
-``--module`` / ``--input`` / ``--weights`` / data file, an op ONNX export lacks), or
-TensorRT asked for on a host without a GPU.
+numbers are printed; with ``--module`` / ``--onnx`` / ``--pt2``, nothing written at all); 2 a
+usage error (a bad ``--module`` / ``--onnx`` / ``--pt2`` / ``--input`` / ``--weights`` / data file,
+an op ONNX export lacks, pruning asked of an ONNX file), or TensorRT asked for on a host
+without a GPU.
 """
 
 from __future__ import annotations
@@ -110,7 +111,11 @@ def export_model(
     labels: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="class labels, one per line")] = None,
     module: Annotated[str, typer.Option(help="your own network: PATH.py:FUNC or package.module:FUNC; FUNC() "
                                         "returns an nn.Module or (module, example_inputs)")] = "",
-    input: Annotated[list[str] | None, typer.Option("--input", help="with --module: NAME:SHAPE[:DTYPE] (repeat), "
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="a network from an ONNX file (inputs and outputs "
+                                              "from the graph; its first axis must be dynamic); no FAMILY")] = None,
+    pt2: Annotated[Path | None, typer.Option("--pt2", help="a torch.export program (torch.export.save); inputs "
+                                             "from its example inputs or --input; no FAMILY")] = None,
+    input: Annotated[list[str] | None, typer.Option("--input", help="with --module/--pt2: NAME:SHAPE[:DTYPE] (repeat), "
                                                     "e.g. input:batch,3,224,224 or audio:batch,time,80:FP32")] = None,
     output: Annotated[list[str] | None, typer.Option("--output", help="with --module: output names (repeat; "
                                                      "default output, output_1, ...)")] = None,
@@ -122,18 +127,23 @@ def export_model(
 ) -> None:
     """Export, check and write variants; exits 1 with the numbers when a parity check fails.
     With --task, the ensemble NAME_TASK serves image bytes through /v1/classify or /v1/detect.
-    With --module, your own network (no FAMILY): written only when every variant passes."""
+    With --module, --onnx or --pt2, your own network (no FAMILY): written only when every variant passes."""
     from export.tensorrt import GpuUnavailable
     from export.variants import export_variants
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if module or family is None:
+    if module or onnx is not None or pt2 is not None or family is None:
+        sources = [flag for flag, given in (("FAMILY", family is not None), ("--module", bool(module)),
+                                            ("--onnx", onnx is not None), ("--pt2", pt2 is not None)) if given]
+        if len(sources) > 1:
+            _fail(f"Error: {' and '.join(sources)} are mutually exclusive: give one network source, not both", 2)
         _export_user_model(family, module, repository, _variants(variants), name, version, weights,
                            _options(calibration, keep_io_types, prune_ratio), input or [], output or [], labels,
-                           calibration_data, eval_data, task)
+                           calibration_data, eval_data, task, onnx=onnx, pt2=pt2)
         return
     if input or output or calibration_data or eval_data:
-        raise typer.BadParameter("--input, --output, --calibration-data and --eval-data go with --module")
+        raise typer.BadParameter("--input, --output, --calibration-data and --eval-data go with --module, --onnx "
+                                 "or --pt2")
     fam = _family(family)
     try:
         written, failed = export_variants(repository, fam, _variants(variants), name=name or None, version=version,
@@ -152,23 +162,38 @@ def export_model(
 
 
 def _export_user_model(family, module, repository, variants, name, version, weights, options, inputs, outputs,
-                       labels, calibration_data, eval_data, task) -> None:
-    """``--module``: build and check every variant first; write them only if all passed."""
+                       labels, calibration_data, eval_data, task, onnx=None, pt2=None) -> None:
+    """``--module`` / ``--onnx`` / ``--pt2``: build and check every variant first; write them only if all passed."""
     from export.tensorrt import GpuUnavailable
-    from export.user import UserInputError, build_user_variants, user_family
+    from export.user import PRUNING, UserInputError, build_user_variants, onnx_family, program_family, user_family
     from export.variants import entry_name, write_variant
 
+    flag = "--onnx" if onnx is not None else "--pt2" if pt2 is not None else "--module"
     if family is not None:
-        raise typer.BadParameter(f"give a FAMILY ('{family}') or --module, not both")
-    if not module:
-        raise typer.BadParameter("missing FAMILY (see `deepserve export families`) or --module PATH.py:FUNC")
+        raise typer.BadParameter(f"give a FAMILY ('{family}') or {flag}, not both")
+    if not module and onnx is None and pt2 is None:
+        raise typer.BadParameter("missing FAMILY (see `deepserve export families`), --module PATH.py:FUNC, "
+                                 "--onnx FILE.onnx or --pt2 FILE.pt2")
     if not name:
-        raise typer.BadParameter("--module needs --name (the repository entry's name)")
+        raise typer.BadParameter(f"{flag} needs --name (the repository entry's name)")
     if task:
-        raise typer.BadParameter("--task is not supported with --module yet")
+        raise typer.BadParameter(f"--task is not supported with {flag} yet")
+    if flag != "--module" and weights is not None:
+        _fail(f"Error: --weights goes with --module; the weights of {flag} are in the file", 2)
+    if onnx is not None and (inputs or outputs):
+        _fail("Error: --input and --output go with --module/--pt2; with --onnx they come from the graph", 2)
+    if flag != "--module" and PRUNING & set(variants):
+        _fail(f"Error: --variants {','.join(v for v in variants if v in PRUNING)}: pruning needs the torch "
+              f"network (--module); {flag} gives a fixed graph", 2)
     try:
-        net = user_family(name, module, inputs, outputs, weights=weights, labels=labels,
-                          calibration_data=calibration_data, eval_data=eval_data)
+        if onnx is not None:
+            net = onnx_family(name, onnx, labels=labels, calibration_data=calibration_data, eval_data=eval_data)
+        elif pt2 is not None:
+            net = program_family(name, pt2, inputs, outputs, labels=labels, calibration_data=calibration_data,
+                                 eval_data=eval_data)
+        else:
+            net = user_family(name, module, inputs, outputs, weights=weights, labels=labels,
+                              calibration_data=calibration_data, eval_data=eval_data)
         artifacts, failed = build_user_variants(net, variants, options)
     except (UserInputError, GpuUnavailable) as err:
         _fail(f"Error: {err}", 2)

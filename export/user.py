@@ -387,6 +387,7 @@ class UserNetwork:
     family: Family
     calibration: dict[str, np.ndarray] | None
     eval_data: HeldOut | None
+    onnx_model: object | None = None  # --onnx: the user's graph, which is the fp32 variant as it is
 
 
 def user_family(name: str, module_ref: str, inputs: Sequence[str], outputs: Sequence[str], *,
@@ -398,6 +399,12 @@ def user_family(name: str, module_ref: str, inputs: Sequence[str], outputs: Sequ
     if weights is not None:
         load_weights(module, weights)
     spec = build_spec(module, specs, outputs, examples)
+    return _network(name, module, spec, labels, calibration_data, eval_data)
+
+
+def _network(name: str, module, spec: ExportSpec, labels: Path | None, calibration_data: Path | None,
+             eval_data: Path | None, onnx_model=None) -> UserNetwork:
+    """The data flags checked against the spec, and the one-off family."""
     calib = load_calibration(calibration_data, spec) if calibration_data else None
     held = load_eval(eval_data, spec) if eval_data else None
     names = tuple(labels.read_text().splitlines()) if labels else None
@@ -417,7 +424,175 @@ def user_family(name: str, module_ref: str, inputs: Sequence[str], outputs: Sequ
         held_out=(lambda: held) if held is not None else None,
         calibration=(lambda: calib) if calib is not None else random_calibration,
     )
-    return UserNetwork(family, calib, held)
+    return UserNetwork(family, calib, held, onnx_model)
+
+
+# -- an ONNX file: --onnx FILE.onnx ------------------------------------------------------------
+
+PRUNING = frozenset({"sparse50", "pruned50"})
+
+
+def _axis_name(text: str) -> str:
+    name = re.sub(r"\W", "_", text.strip())
+    return name if re.fullmatch(r"[A-Za-z_]\w*", name) else f"d_{name}"
+
+
+def load_onnx(path: Path):
+    """The file as a checked ``onnx.ModelProto`` (external data beside it is loaded too)."""
+    import onnx
+
+    if not path.is_file():
+        raise UserInputError(f"--onnx: no such file {path}")
+    try:
+        model = onnx.load(str(path))
+        if not model.graph.node and not model.graph.input:
+            raise ValueError("the graph is empty")
+        onnx.checker.check_model(model)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserInputError(f"--onnx {path}: not a valid ONNX model: {type(err).__name__}: {first}") from None
+    return model
+
+
+def onnx_io(model, path: Path | str = "") -> tuple[tuple[IOSpec, ...], list[str]]:
+    """The graph's inputs (names, dtypes, dynamic axes) and output names.
+
+    A ``dim_param`` (or a dim with neither size nor name) is a dynamic axis; every input's
+    first axis must be dynamic (it is the batch axis the server batches on) and gets the
+    first input's batch name. Initializers listed as inputs (old exporters) are not inputs."""
+    from onnx import helper
+
+    inverse = {v: k for k, v in DTYPES.items()}
+    initializers = {i.name for i in model.graph.initializer}
+    inputs, batch = [], None
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise UserInputError(f"--onnx {path}: input '{value.name}' is not a tensor (sequences and maps are "
+                                 "not served)")
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        except Exception:
+            dtype = f"element type {tensor.elem_type}"
+        if dtype not in inverse:
+            raise UserInputError(f"--onnx {path}: input '{value.name}' has dtype {dtype}; served dtypes: "
+                                 f"{', '.join(inverse)}")
+        if not tensor.HasField("shape") or not tensor.shape.dim:
+            raise UserInputError(f"--onnx {path}: input '{value.name}' has no shape (or is a scalar); its first "
+                                 "axis must be the dynamic batch axis")
+        shape: list[int | str] = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                shape.append(int(dim.dim_value))
+            else:
+                shape.append(_axis_name(dim.dim_param) if dim.dim_param else f"{_axis_name(value.name)}_dim{axis}")
+        if not isinstance(shape[0], str):
+            raise UserInputError(
+                f"--onnx {path}: input '{value.name}' has a fixed first axis ({shape[0]}); deepserve batches on the "
+                "first axis, so it must be dynamic: export it with a named batch axis, e.g. "
+                f"torch.onnx.export(..., dynamic_axes={{'{value.name}': {{0: 'batch'}}}})")
+        batch = batch or shape[0]
+        shape[0] = batch
+        value_range = INT_RANGE if inverse[dtype].startswith(("INT", "UINT")) or dtype == "bool" else FLOAT_RANGE
+        inputs.append(IOSpec(value.name, tuple(shape), dtype, value_range))
+    if not inputs:
+        raise UserInputError(f"--onnx {path}: the graph has no inputs")
+    outputs = [o.name for o in model.graph.output]
+    return tuple(inputs), outputs
+
+
+class OnnxReference:
+    """The fp32 ONNX graph in ONNX Runtime, called as ``torch_outputs`` calls a torch module:
+    the reference every variant of an ``--onnx`` model is checked against."""
+
+    def __init__(self, model) -> None:
+        from export.onnx import _np_dtype, ort_session
+
+        self._session = ort_session(model)
+        self._inputs = [(i.name, _np_dtype(i.type) if i.type != "tensor(bool)" else np.dtype(bool))
+                        for i in self._session.get_inputs()]
+
+    def eval(self) -> OnnxReference:
+        return self
+
+    def parameters(self):
+        return iter(())
+
+    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feed = {name: np.asarray(t.numpy(), dtype) for (name, dtype), t in zip(self._inputs, tensors, strict=True)}
+        return tuple(torch.from_numpy(np.asarray(o)) for o in self._session.run(None, feed))
+
+
+def onnx_family(name: str, path: Path, *, labels: Path | None = None, calibration_data: Path | None = None,
+                eval_data: Path | None = None) -> UserNetwork:
+    """``--onnx``: inputs/outputs from the graph, the fp32 file itself as the reference."""
+    model = load_onnx(path)
+    inputs, outputs = onnx_io(model, path)
+    try:
+        reference = OnnxReference(model)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserInputError(f"--onnx {path}: ONNX Runtime cannot load it: {first}") from None
+    try:
+        spec = build_spec(reference, inputs, outputs)
+    except UserInputError as err:
+        raise UserInputError(str(err).replace("--input: the network", f"--onnx {path}: the graph", 1)) from None
+    return _network(name, reference, spec, labels, calibration_data, eval_data, onnx_model=model)
+
+
+# -- a torch.export program: --pt2 FILE.pt2 ----------------------------------------------------
+
+def load_program(path: Path) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | None, list[str]]:
+    """``torch.export.load`` of a pickle-free archive (the server's own check)
+    -> (module, example inputs or None, the signature's input names)."""
+    from server.runtimes.torch import check_program_archive
+
+    if not path.is_file():
+        raise UserInputError(f"--pt2: no such file {path}")
+    try:
+        check_program_archive(path)
+    except Exception as err:  # zipfile.BadZipFile, ValueError with the reason
+        raise UserInputError(f"--pt2 {path}: not a loadable torch.export archive: {err}") from None
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserInputError(f"--pt2 {path}: torch.export.load failed: {type(err).__name__}: {first}") from None
+    examples = None
+    args = getattr(program, "example_inputs", None)
+    if args is not None:
+        positional, kwargs = args
+        if not kwargs and positional and all(isinstance(t, torch.Tensor) for t in positional):
+            examples = tuple(positional)
+    names = list(program.graph_signature.user_inputs)
+    module = program.module()
+    # The program's module refuses eval()/train() (its graph was captured in one mode): make them no-ops,
+    # keeping the module itself (its forward has the program's signature, which re-export needs).
+    module.train = lambda mode=True: module
+    module.eval = lambda: module
+    return module, examples, names
+
+
+def program_family(name: str, path: Path, inputs: Sequence[str], outputs: Sequence[str], *,
+                   labels: Path | None = None, calibration_data: Path | None = None,
+                   eval_data: Path | None = None) -> UserNetwork:
+    """``--pt2``: the program's module, inputs from ``--input`` or its example inputs; then as ``--module``."""
+    specs = [parse_input(text) for text in inputs]
+    module, examples, names = load_program(path)
+    if not specs and examples is None:
+        raise UserInputError(f"--pt2 {path}: the program carries no example inputs; pass --input NAME:SHAPE[:DTYPE]")
+    if not specs:  # the program's example inputs under its signature's names, first axis the batch axis
+        specs = list(_inputs_from_examples(examples))
+        if len(names) == len(specs) and all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names):
+            specs = [IOSpec(n, s.shape, s.dtype, s.value_range) for n, s in zip(names, specs, strict=True)]
+    try:
+        spec = build_spec(module, specs, outputs, examples)
+    except UserInputError as err:
+        raise UserInputError(f"--pt2 {path}: {err} (was the program exported with a dynamic batch axis, "
+                             "dynamic_shapes={...: {0: torch.export.Dim('batch')}}?)") from None
+    return _network(name, module, spec, labels, calibration_data, eval_data)
 
 
 def export_onnx_error(err: Exception) -> str:
@@ -455,7 +630,13 @@ def build_user_variants(net: UserNetwork, variants: Sequence[str], options=None)
     class _Builder(VariantBuilder):
         @cached_property
         def fp32(self):
+            if net.onnx_model is not None:  # --onnx: the user's graph as it is
+                return net.onnx_model
             return declare_output_axes(export_onnx(self.module, self.spec), self.spec)
+
+        @cached_property
+        def _flops(self) -> int:
+            return 0 if net.onnx_model is not None else super()._flops
 
         def _held_inputs(self):
             if net.eval_data is not None:
@@ -472,6 +653,11 @@ def build_user_variants(net: UserNetwork, variants: Sequence[str], options=None)
             feed = self.spec.random_inputs({**self.spec.parity_sizes[1], self.spec.inputs[0].shape[0]: 256}, seed=99)
             return check_closeness(variant, reference, run, self.spec, feed, real_data=False)
 
+    if net.onnx_model is not None:
+        pruning = [v for v in variants if v in PRUNING]
+        if pruning:
+            raise UserInputError(f"--variants {','.join(pruning)}: pruning needs the torch network (--module); "
+                                 "--onnx gives a fixed graph")
     builder = _Builder(net.family, options=options or BuildOptions())
     try:
         builder.fp32  # noqa: B018 - the shared export, so its failure is reported as one
