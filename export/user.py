@@ -388,6 +388,7 @@ class UserNetwork:
     calibration: dict[str, np.ndarray] | None
     eval_data: HeldOut | None
     onnx_model: object | None = None  # --onnx: the user's graph, which is the fp32 variant as it is
+    source: str = "--module"  # the flag the network came from, named in export errors
 
 
 def user_family(name: str, module_ref: str, inputs: Sequence[str], outputs: Sequence[str], *,
@@ -403,7 +404,7 @@ def user_family(name: str, module_ref: str, inputs: Sequence[str], outputs: Sequ
 
 
 def _network(name: str, module, spec: ExportSpec, labels: Path | None, calibration_data: Path | None,
-             eval_data: Path | None, onnx_model=None) -> UserNetwork:
+             eval_data: Path | None, onnx_model=None, source: str = "--module") -> UserNetwork:
     """The data flags checked against the spec, and the one-off family."""
     calib = load_calibration(calibration_data, spec) if calibration_data else None
     held = load_eval(eval_data, spec) if eval_data else None
@@ -424,7 +425,7 @@ def _network(name: str, module, spec: ExportSpec, labels: Path | None, calibrati
         held_out=(lambda: held) if held is not None else None,
         calibration=(lambda: calib) if calib is not None else random_calibration,
     )
-    return UserNetwork(family, calib, held, onnx_model)
+    return UserNetwork(family, calib, held, onnx_model, source)
 
 
 # -- an ONNX file: --onnx FILE.onnx ------------------------------------------------------------
@@ -539,7 +540,7 @@ def onnx_family(name: str, path: Path, *, labels: Path | None = None, calibratio
         spec = build_spec(reference, inputs, outputs)
     except UserInputError as err:
         raise UserInputError(str(err).replace("--input: the network", f"--onnx {path}: the graph", 1)) from None
-    return _network(name, reference, spec, labels, calibration_data, eval_data, onnx_model=model)
+    return _network(name, reference, spec, labels, calibration_data, eval_data, onnx_model=model, source="--onnx")
 
 
 # -- a torch.export program: --pt2 FILE.pt2 ----------------------------------------------------
@@ -592,16 +593,16 @@ def program_family(name: str, path: Path, inputs: Sequence[str], outputs: Sequen
     except UserInputError as err:
         raise UserInputError(f"--pt2 {path}: {err} (was the program exported with a dynamic batch axis, "
                              "dynamic_shapes={...: {0: torch.export.Dim('batch')}}?)") from None
-    return _network(name, module, spec, labels, calibration_data, eval_data)
+    return _network(name, module, spec, labels, calibration_data, eval_data, source="--pt2")
 
 
-def export_onnx_error(err: Exception) -> str:
+def export_onnx_error(err: Exception, source: str = "--module") -> str:
     """One paragraph for an export failure, naming the op when torch's message does."""
     text = str(err)
     op = re.search(r"\b(aten(?:::|\.)[A-Za-z_][\w.]*|prims(?:::|\.)\w+)", text)
     summary = text.partition("## Exception summary")[2]  # torch's own summary, past its generic advice
     lines = [s.strip() for s in (summary or text).strip().splitlines() if s.strip()][:4]
-    head = f"--module: ONNX export failed{f' at op {op.group(1)}' if op else ''}: {type(err).__name__}"
+    head = f"{source}: ONNX export failed{f' at op {op.group(1)}' if op else ''}: {type(err).__name__}"
     return head + (": " + "\n  ".join(lines) if lines else "")
 
 
@@ -662,7 +663,7 @@ def build_user_variants(net: UserNetwork, variants: Sequence[str], options=None)
     try:
         builder.fp32  # noqa: B018 - the shared export, so its failure is reported as one
     except Exception as err:
-        raise UserInputError(export_onnx_error(err)) from None
+        raise UserInputError(export_onnx_error(err, net.source)) from None
     recurrent = sorted({n.op_type for n in builder.fp32.graph.node} & RECURRENT_OPS)
     if "fp16" in variants and recurrent:
         raise UserInputError(f"--variants fp16: the graph has {', '.join(recurrent)}, and ONNX Runtime's CPU "
