@@ -139,7 +139,7 @@ def export_model(
             _fail(f"Error: {' and '.join(sources)} are mutually exclusive: give one network source, not both", 2)
         _export_user_model(family, module, repository, _variants(variants), name, version, weights,
                            _options(calibration, keep_io_types, prune_ratio), input or [], output or [], labels,
-                           calibration_data, eval_data, task, onnx=onnx, pt2=pt2)
+                           calibration_data, eval_data, task, onnx=onnx, pt2=pt2, preprocess=preprocess or [])
         return
     if input or output or calibration_data or eval_data:
         raise typer.BadParameter("--input, --output, --calibration-data and --eval-data go with --module, --onnx "
@@ -162,7 +162,7 @@ def export_model(
 
 
 def _export_user_model(family, module, repository, variants, name, version, weights, options, inputs, outputs,
-                       labels, calibration_data, eval_data, task, onnx=None, pt2=None) -> None:
+                       labels, calibration_data, eval_data, task, onnx=None, pt2=None, preprocess=()) -> None:
     """``--module`` / ``--onnx`` / ``--pt2``: build and check every variant first; write them only if all passed."""
     from export.tensorrt import GpuUnavailable
     from export.user import PRUNING, UserInputError, build_user_variants, onnx_family, program_family, user_family
@@ -176,8 +176,6 @@ def _export_user_model(family, module, repository, variants, name, version, weig
                                  "--onnx FILE.onnx or --pt2 FILE.pt2")
     if not name:
         raise typer.BadParameter(f"{flag} needs --name (the repository entry's name)")
-    if task:
-        raise typer.BadParameter(f"--task is not supported with {flag} yet")
     if flag != "--module" and weights is not None:
         _fail(f"Error: --weights goes with --module; the weights of {flag} are in the file", 2)
     if onnx is not None and (inputs or outputs):
@@ -194,6 +192,8 @@ def _export_user_model(family, module, repository, variants, name, version, weig
         else:
             net = user_family(name, module, inputs, outputs, weights=weights, labels=labels,
                               calibration_data=calibration_data, eval_data=eval_data)
+        if task:
+            _check_task(net.family, task, labels, preprocess)  # before anything is built or written
         artifacts, failed = build_user_variants(net, variants, options)
     except (UserInputError, GpuUnavailable) as err:
         _fail(f"Error: {err}", 2)
@@ -204,6 +204,31 @@ def _export_user_model(family, module, repository, variants, name, version, weig
     for art in artifacts:
         path = write_variant(repository, net.family, art, entry_name(name, art.variant), version)
         typer.echo(f"wrote {path}")
+    if task:
+        network = entry_name(name, artifacts[0].variant)
+        typer.echo(f"wrote {_pipeline(repository, net.family, network, task, list(preprocess), labels)} around {network}")
+
+
+def _check_task(fam, task: str, labels: Path | None, preprocess=()) -> None:
+    """What ``--task`` needs of a user's network, checked before anything is written: one
+    image input (C, H, W) with C 1 or 3 and fixed H, W; labels; for detect, the
+    ``detect.centernet`` outputs (heatmap, size, offset)."""
+    from export.user import UserInputError
+
+    if task not in ("classify", "detect"):
+        raise UserInputError(f"--task must be classify or detect, not '{task}'")
+    if any("=" not in item for item in preprocess):
+        raise UserInputError("--preprocess takes KEY=VALUE")
+    if labels is None:
+        raise UserInputError(f"--task {task} needs --labels (the class names the route answers with)")
+    if len(fam.spec.inputs) != 1:
+        raise UserInputError(f"--task {task}: the network must take one image input, not {len(fam.spec.inputs)}")
+    size = fam.spec.inputs[0].shape[1:]
+    if len(size) != 3 or size[0] not in (1, 3) or not all(isinstance(d, int) for d in size):
+        raise UserInputError(f"--task {task}: the input must be (batch, C, H, W) with C 1 or 3 and fixed H and W, "
+                             f"not {fam.spec.inputs[0].shape}")
+    if task == "detect" and len(fam.spec.outputs) < 3:
+        raise UserInputError("--task detect: the network must return heatmap, size and offset (detect.centernet)")
 
 
 def _pipeline(repository: Path, fam, network: str, task: str, preprocess: list[str], labels: Path | None) -> str:
