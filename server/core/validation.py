@@ -105,9 +105,13 @@ def check_utf8(request: InferenceRequest, names: frozenset[str]) -> None:
                 raise InvalidInput(f"input '{name}' holds bytes that are not UTF-8; this model takes text") from None
 
 
+def shape_matches(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """``shape`` fits a declared shape whose -1 entries take any size."""
+    return len(shape) == len(expected) and all(e == -1 or e == s for s, e in zip(shape, expected, strict=True))
+
+
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
-    ok = len(shape) == len(expected) and all(e == -1 or e == s for s, e in zip(shape, expected, strict=True))
-    if not ok:
+    if not shape_matches(shape, expected):
         shown = "[" + ",".join("-1" if d == -1 else str(d) for d in expected) + "]"
         raise InvalidInput(f"input '{name}' has shape {list(shape)}; the model expects {shown} (-1 = any)")
 

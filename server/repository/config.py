@@ -107,15 +107,16 @@ def complete_config(
     skip = 1 if out.max_batch_size > 0 else 0
     if not out.input:
         for spec in signature.inputs:
-            out.input.append(mc.ModelInput(name=spec.name, data_type=_enum(spec.datatype), dims=list(spec.shape[skip:])))
+            out.input.append(mc.ModelInput(name=spec.name, data_type=datatype_enum(spec.datatype), dims=list(spec.shape[skip:])))
     if not out.output:
         for spec in signature.outputs:
-            out.output.append(mc.ModelOutput(name=spec.name, data_type=_enum(spec.datatype), dims=list(spec.shape[skip:])))
+            out.output.append(mc.ModelOutput(name=spec.name, data_type=datatype_enum(spec.datatype), dims=list(spec.shape[skip:])))
     _check_against_signature(out, signature)
     return out
 
 
-def _enum(datatype: str) -> int:
+def datatype_enum(datatype: str) -> int:
+    """A wire datatype (``FP32``) as the config's ``DataType`` enum value (``TYPE_FP32``)."""
     return mc.DataType.Value(wire_to_config(datatype))
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from server import runtimes
-from server.core.datatypes import config_to_wire, wire_to_config
+from server.core.datatypes import config_to_wire
 from server.core.errors import InvalidInput
 from server.observability.stats import ModelTelemetry
 from server.pipelines.ddim import NoiseSchedule
-from server.repository.config import ModelConfig, parameters, tensor_specs
+from server.repository.config import ModelConfig, datatype_enum, parameters, tensor_specs
 from server.repository.loaded import LoadedModel
 from server.repository.model import LoadOptions, find_kind, instance_devices, model_file, runtime_options
 from server.runtimes.base import Signature
@@ -107,9 +107,9 @@ def _complete(config: ModelConfig, name: str, kind, image_shape: tuple[int, ...]
     out.name = name
     out.platform = out.platform or kind.platform
     out.backend = out.backend or kind.backend
-    canonical_in = [mc.ModelInput(name=n, data_type=_enum(d), dims=[1], optional=n != "label") for n, d in REQUEST_INPUTS.items()]
-    canonical_out = [mc.ModelOutput(name="image", data_type=_enum("FP32"), dims=list(image_shape)),
-                     mc.ModelOutput(name="step", data_type=_enum("INT32"), dims=[1])]
+    canonical_in = [mc.ModelInput(name=n, data_type=datatype_enum(d), dims=[1], optional=n != "label") for n, d in REQUEST_INPUTS.items()]
+    canonical_out = [mc.ModelOutput(name="image", data_type=datatype_enum("FP32"), dims=list(image_shape)),
+                     mc.ModelOutput(name="step", data_type=datatype_enum("INT32"), dims=[1])]
     if not out.input:
         out.input.extend(canonical_in)
     if not out.output:
@@ -127,6 +127,3 @@ def _complete(config: ModelConfig, name: str, kind, image_shape: tuple[int, ...]
         raise InvalidInput("config input 'label' is required: it is the class to draw")
     return out
 
-
-def _enum(datatype: str) -> int:
-    return mc.DataType.Value(wire_to_config(datatype))

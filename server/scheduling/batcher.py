@@ -31,6 +31,7 @@ stops pulling from the producer after its current response and closes it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -44,6 +45,7 @@ import numpy as np
 from server.core.datatypes import numpy_dtype
 from server.core.errors import DeadlineExceeded, DeepserveError, InvalidInput, ModelError, Timeout, Unavailable
 from server.core.types import TensorSpec
+from server.core.validation import shape_matches
 from server.runtimes.base import Runtime, StreamingRuntime
 from server.scheduling.base import Job, Outputs
 from server.scheduling.policy import BatchPolicy
@@ -160,7 +162,9 @@ class DynamicBatcher:
         self._scheduler = BatchScheduler(policy)
         self._instances = instances
         self._reload = reload
-        self._outputs = tuple(outputs)
+        batched, specs = policy.max_batch_size > 0, tuple(outputs)
+        # what an instance thread runs for one batch: the decoupled stream, or rows in, rows out
+        self._execute = self._run_stream if policy.decoupled else functools.partial(_run_batch, specs=specs, batched=batched)
         self._reloading: set[asyncio.Task] = set()
         self._idle: list[_InstanceThread] = []
         self._observer = observer or NullObserver()
@@ -307,9 +311,7 @@ class DynamicBatcher:
         self._started_seq += 1
         self._running += 1
         loop = self._loop
-        outputs = self._outputs
-        batched = self.policy.max_batch_size > 0
-        run = self._run_stream if self.policy.decoupled else (lambda runtime, b: _run_batch(runtime, b, outputs, batched))
+        run = self._execute
         timeout = self.policy.execution_timeout_s
         timer = loop.call_later(timeout, self._hung, seq, worker, batch, queue_s) if timeout and not self.policy.decoupled else None
 
@@ -473,7 +475,7 @@ def check_outputs(outputs: Outputs, specs: Sequence[TensorSpec], rows: int, batc
         if array.dtype != want and not (spec.datatype == "BYTES" and array.dtype.kind in "SU"):
             raise ModelError(f"output '{spec.name}' is {array.dtype}, but the model declares {spec.datatype}")
         shape = (rows, *spec.shape[1:]) if batched else spec.shape
-        if len(array.shape) != len(shape) or any(d != -1 and d != a for d, a in zip(shape, array.shape, strict=True)):
+        if not shape_matches(array.shape, shape):
             raise ModelError(f"output '{spec.name}' has shape {list(array.shape)}, but the model declares {list(shape)}")
 
 
