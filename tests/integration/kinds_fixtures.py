@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.integration.server_fixtures import write_model
+
 PREPROCESS = """
 name: "digits_preprocess"
 backend: "python"
@@ -186,14 +188,6 @@ def pixels_from_png(data: bytes) -> np.ndarray:
     return (np.asarray(Image.open(io.BytesIO(data)).convert("L"), np.float32) / 255.0).reshape(1, 8, 8)
 
 
-def _write(repo: Path, name: str, config: str, files: dict[str, str] | None = None) -> None:
-    version = repo / name / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    (repo / name / "config.pbtxt").write_text(config)
-    for filename, text in (files or {}).items():
-        (version / filename).write_text(text)
-
-
 def write_torch_digits(repo: Path, name: str = "digits_pt2") -> None:
     """The digits CNN with the shipped weights as ``model.pt2``; the config names only the
     batching, the program's signature completes the tensors."""
@@ -212,15 +206,15 @@ def build_kinds_repository(repo: Path) -> Path:
 
     build_default_repository(repo)
     write_torch_digits(repo)
-    _write(repo, "digits_preprocess", PREPROCESS)
-    _write(repo, "digits_topk", TOPK)
+    write_model(repo, "digits_preprocess", PREPROCESS)
+    write_model(repo, "digits_topk", TOPK)
     shutil.copy(repo / "digits" / "labels.txt", repo / "digits_topk" / "1" / "labels.txt")
-    _write(repo, "image_size", SIZE.format(name="image_size"))
-    _write(repo, "image_size_b", SIZE.format(name="image_size_b"))
-    _write(repo, "digits_pipeline", PIPELINE)
-    _write(repo, "size_pipeline", SIZE_PIPELINE)
-    _write(repo, "repeat", REPEAT_CONFIG, {"model.py": REPEAT_MODEL})
-    _write(repo, "shout", SHOUT_CONFIG, {"model.py": SHOUT_MODEL})
-    _write(repo, "broken_import", BROKEN_CONFIG.format(name="broken_import"), {"model.py": BROKEN_IMPORT})
-    _write(repo, "broken_setup", BROKEN_CONFIG.format(name="broken_setup"), {"model.py": BROKEN_SETUP})
+    write_model(repo, "image_size", SIZE.format(name="image_size"))
+    write_model(repo, "image_size_b", SIZE.format(name="image_size_b"))
+    write_model(repo, "digits_pipeline", PIPELINE)
+    write_model(repo, "size_pipeline", SIZE_PIPELINE)
+    write_model(repo, "repeat", REPEAT_CONFIG, {"model.py": REPEAT_MODEL})
+    write_model(repo, "shout", SHOUT_CONFIG, {"model.py": SHOUT_MODEL})
+    write_model(repo, "broken_import", BROKEN_CONFIG.format(name="broken_import"), {"model.py": BROKEN_IMPORT})
+    write_model(repo, "broken_setup", BROKEN_CONFIG.format(name="broken_setup"), {"model.py": BROKEN_SETUP})
     return repo

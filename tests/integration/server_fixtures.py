@@ -145,6 +145,15 @@ ensemble_scheduling {
 """
 
 
+def write_model(repo: Path, name: str, config: str, files: dict[str, str] | None = None) -> None:
+    """``repo/name/config.pbtxt`` and version 1's files (a Python model's ``model.py``, ...)."""
+    version = repo / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    for filename, text in (files or {}).items():
+        (version / filename).write_text(text)
+
+
 def write_simple(repo: Path, name: str) -> None:
     _save(add_sub_model(), repo / name / "1" / "model.onnx")
     (repo / name / "config.pbtxt").write_text(SIMPLE_CONFIG.format(name=name))

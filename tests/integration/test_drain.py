@@ -89,12 +89,8 @@ class SlowStream:
 
 def build_drain_repository(repo: Path) -> Path:
     for name, delay_ms in (("slow", 200), ("stuck", 60_000)):
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(SLOW_MODEL)
-        (repo / name / "config.pbtxt").write_text(SLOW_CONFIG.format(name=name, delay_ms=delay_ms))
-    (repo / "slow_stream" / "1").mkdir(parents=True)
-    (repo / "slow_stream" / "1" / "model.py").write_text(STREAM_MODEL)
-    (repo / "slow_stream" / "config.pbtxt").write_text(STREAM_CONFIG)
+        fx.write_model(repo, name, SLOW_CONFIG.format(name=name, delay_ms=delay_ms), {"model.py": SLOW_MODEL})
+    fx.write_model(repo, "slow_stream", STREAM_CONFIG, {"model.py": STREAM_MODEL})
     return repo
 
 

@@ -56,9 +56,7 @@ parameters [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo: Path = tmp_path_factory.mktemp("faults")
-    (repo / "faulty" / "1").mkdir(parents=True)
-    (repo / "faulty" / "1" / "model.py").write_text(textwrap.dedent(MODEL))
-    (repo / "faulty" / "config.pbtxt").write_text(CONFIG)
+    fx.write_model(repo, "faulty", CONFIG, {"model.py": textwrap.dedent(MODEL)})
     fx.write_simple(repo, "simple")
     with fx.running_server(repo) as handle:
         yield handle

@@ -51,9 +51,7 @@ class Raiser:
 
 def _repository(root: Path) -> Path:
     repo = fx.build_repository(root)
-    (repo / "raiser" / "1").mkdir(parents=True)
-    (repo / "raiser" / "1" / "model.py").write_text(RAISER_MODEL)
-    (repo / "raiser" / "config.pbtxt").write_text(RAISER_CONFIG)
+    fx.write_model(repo, "raiser", RAISER_CONFIG, {"model.py": RAISER_MODEL})
     return repo
 
 
