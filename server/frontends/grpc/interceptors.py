@@ -63,7 +63,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, auth: Authenticator) -> None:
         self.auth = auth
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
-        self._denied: dict[tuple[str, int, bool], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
