@@ -145,6 +145,17 @@ ensemble_scheduling {
 """
 
 
+def metric_samples(base_url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of one metric (counters by their ``_total`` name) from ``base_url``'s
+    ``/metrics``, read with prometheus_client's own parser: (labels, value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return [(dict(s.labels), s.value) for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == name]
+
+
 def write_model(repo: Path, name: str, config: str, files: dict[str, str] | None = None) -> None:
     """``repo/name/config.pbtxt`` and version 1's files (a Python model's ``model.py``, ...)."""
     version = repo / name / "1"

@@ -12,15 +12,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.integration import server_fixtures as fx
+
 
 def failures(url: str) -> dict[tuple[str, str], float]:
     """(model, reason) -> count, summed over versions, from /metrics."""
     counts: dict[tuple[str, str], float] = {}
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("deepserve_request_failure_total{"):
-            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
-            key = (labels["model"].strip('"'), labels["reason"].strip('"'))
-            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    for labels, value in fx.metric_samples(url, "deepserve_request_failure_total"):
+        key = (labels["model"], labels["reason"])
+        counts[key] = counts.get(key, 0.0) + value
     return counts
 
 
@@ -114,7 +114,6 @@ def test_past_the_servers_inflight_limit_requests_are_refused_at_once(tmp_path):
     third is refused with 503 + Retry-After before its body is read, counted OVERLOAD."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.integration import server_fixtures as fx
     from tests.integration.conftest import BOUNDED_CONFIG
 
     fx._save(fx.identity_model({"INPUT": (fx.TensorProto.FLOAT, ["batch", 4])}), tmp_path / "bounded" / "1" / "model.onnx")

@@ -113,14 +113,11 @@ def test_neighbours_are_untouched(server):
 def metric_counts(url: str, model: str) -> dict[str, float]:
     """success and failure{reason} totals of one model, from /metrics."""
     counts: dict[str, float] = {}
-    for line in httpx.get(f"http://{url}/metrics").text.splitlines():
-        if f'model="{model}"' not in line:
-            continue
-        if line.startswith("deepserve_request_success_total"):
-            counts["SUCCESS"] = counts.get("SUCCESS", 0.0) + float(line.rsplit(" ", 1)[1])
-        elif line.startswith("deepserve_request_failure_total"):
-            reason = line.split('reason="', 1)[1].split('"', 1)[0]
-            counts[reason] = counts.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+    for metric in ("deepserve_request_success_total", "deepserve_request_failure_total"):
+        for labels, value in fx.metric_samples(f"http://{url}", metric):
+            if labels["model"] == model:
+                key = labels.get("reason", "SUCCESS")
+                counts[key] = counts.get(key, 0.0) + value
     return counts
 
 

@@ -19,6 +19,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from tests.integration import server_fixtures as fx
+
 # Conditional accuracy the served images must reach (the issue's bound), judged per model
 # on a fixed set of seeds (deterministic: a seeded request always draws the same image).
 MIN_ACCURACY = 0.9
@@ -117,12 +119,13 @@ def test_previews_stream_over_grpc_and_end_with_the_final_image(http_server, cli
     np.testing.assert_array_equal(decode_png(final.data[0].b64_json), expected.astype(np.float32))
 
 
+def metric(url: str, name: str) -> float:
+    """One metric of digits_diffusion, summed over versions (0 before its first sample)."""
+    return sum(value for labels, value in fx.metric_samples(url, name) if labels["model"] == "digits_diffusion")
+
+
 def inflight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    for line in text.splitlines():
-        if line.startswith('deepserve_inflight_requests{model="digits_diffusion"'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(url, "deepserve_inflight_requests")
 
 
 def test_a_closed_stream_frees_its_slot(url):
@@ -172,10 +175,7 @@ def test_sdk_raises_bad_request_and_lists_the_models(client):
 
 def test_metrics_count_images_and_steps(url, client):
     def value(name: str) -> float:
-        for line in httpx.get(f"{url}/metrics").text.splitlines():
-            if line.startswith(f'{name}{{model="digits_diffusion"'):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return metric(url, name)
 
     images, steps = value("deepserve_generated_images_total"), value("deepserve_execution_count_total")
     client.images.generate(model="digits_diffusion", prompt="1", n=2, extra_body={"steps": 10, "seed": 5})
