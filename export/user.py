@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.errors import UserInputError
 from export.families import Family, HeldOut
 from export.parity import ParityError, ParityReport, Runner, torch_outputs
 from export.spec import ExportSpec, IOSpec
@@ -41,10 +42,6 @@ INT_RANGE = (0, 2)  # ... of integer inputs (valid indices for any embedding)
 FIRST_SIZES = (2, 7, 5, 11, 13, 17)  # trace / parity sizes for dynamic axes (distinct, so none is specialized)
 RECURRENT_OPS = frozenset({"GRU", "LSTM", "RNN"})  # no float16 CPU kernels in ONNX Runtime (a session segfaults)
 SHOW = 5  # keys listed in a weights mismatch message
-
-
-class UserInputError(Exception):
-    """A bad flag value: the message names the flag and says what is wrong."""
 
 
 # -- parsing ------------------------------------------------------------------------------
