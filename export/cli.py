@@ -11,7 +11,6 @@ without a GPU.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -95,6 +94,7 @@ def _family(name: str):
 
 @app.command("model")
 def export_model(
+    ctx: typer.Context,
     repository: RepoOpt,
     family: Annotated[str | None, typer.Argument(help="model family (see `deepserve export families`); "
                                                       "omit it with --module")] = None,
@@ -124,6 +124,11 @@ def export_model(
                                                           "and the closeness check")] = None,
     eval_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="with --module: .npz with x "
                                                    "(or one array per input) and y labels: accuracy deltas")] = None,
+    finetune: Annotated[str, typer.Option(help="with --module and sparse50/pruned50: PATH.py:FUNC, FUNC(module) "
+                                          "trains the pruned network in place; or 'builtin' (a few epochs of "
+                                          "cross-entropy on --eval-data)")] = "",
+    report_to: Annotated[Path | None, typer.Option("--report", help="with --module/--onnx/--pt2: measure every "
+                                                   "variant and write the table to FILE.md and FILE.json")] = None,
 ) -> None:
     """Export, check and write variants; exits 1 with the numbers when a parity check fails.
     With --task, the ensemble NAME_TASK serves image bytes through /v1/classify or /v1/detect.
@@ -139,11 +144,12 @@ def export_model(
             _fail(f"Error: {' and '.join(sources)} are mutually exclusive: give one network source, not both", 2)
         _export_user_model(family, module, repository, _variants(variants), name, version, weights,
                            _options(calibration, keep_io_types, prune_ratio), input or [], output or [], labels,
-                           calibration_data, eval_data, task, onnx=onnx, pt2=pt2, preprocess=preprocess or [])
+                           calibration_data, eval_data, task, onnx=onnx, pt2=pt2, preprocess=preprocess or [],
+                           finetune=finetune, report_to=report_to, ctx=ctx)
         return
-    if input or output or calibration_data or eval_data:
-        raise typer.BadParameter("--input, --output, --calibration-data and --eval-data go with --module, --onnx "
-                                 "or --pt2")
+    if input or output or calibration_data or eval_data or finetune or report_to:
+        raise typer.BadParameter("--input, --output, --calibration-data, --eval-data, --finetune and --report go "
+                                 "with --module, --onnx or --pt2 (a family's report: `deepserve export report`)")
     fam = _family(family)
     try:
         written, failed = export_variants(repository, fam, _variants(variants), name=name or None, version=version,
@@ -162,7 +168,8 @@ def export_model(
 
 
 def _export_user_model(family, module, repository, variants, name, version, weights, options, inputs, outputs,
-                       labels, calibration_data, eval_data, task, onnx=None, pt2=None, preprocess=()) -> None:
+                       labels, calibration_data, eval_data, task, onnx=None, pt2=None, preprocess=(), finetune="",
+                       report_to=None, ctx=None) -> None:
     """``--module`` / ``--onnx`` / ``--pt2``: build and check every variant first; write them only if all passed."""
     from export.tensorrt import GpuUnavailable
     from export.user import PRUNING, UserInputError, build_user_variants, onnx_family, program_family, user_family
@@ -183,6 +190,8 @@ def _export_user_model(family, module, repository, variants, name, version, weig
     if flag != "--module" and PRUNING & set(variants):
         _fail(f"Error: --variants {','.join(v for v in variants if v in PRUNING)}: pruning needs the torch "
               f"network (--module); {flag} gives a fixed graph", 2)
+    if finetune and not PRUNING & set(variants):
+        _fail("Error: --finetune fine-tunes a pruned network: it goes with --variants sparse50 or pruned50", 2)
     try:
         if onnx is not None:
             net = onnx_family(name, onnx, labels=labels, calibration_data=calibration_data, eval_data=eval_data)
@@ -191,10 +200,12 @@ def _export_user_model(family, module, repository, variants, name, version, weig
                                  eval_data=eval_data)
         else:
             net = user_family(name, module, inputs, outputs, weights=weights, labels=labels,
-                              calibration_data=calibration_data, eval_data=eval_data)
+                              calibration_data=calibration_data, eval_data=eval_data, finetune=finetune)
         if task:
             _check_task(net.family, task, labels, preprocess)  # before anything is built or written
         artifacts, failed = build_user_variants(net, variants, options)
+        # The report's baseline is fp32 even when it is not asked for (measured, not written).
+        baseline = [] if report_to is None or "fp32" in variants else build_user_variants(net, ["fp32"], options)[0]
     except (UserInputError, GpuUnavailable) as err:
         _fail(f"Error: {err}", 2)
     for art in artifacts:
@@ -204,6 +215,8 @@ def _export_user_model(family, module, repository, variants, name, version, weig
     for art in artifacts:
         path = write_variant(repository, net.family, art, entry_name(name, art.variant), version)
         typer.echo(f"wrote {path}")
+    if report_to is not None:
+        _write_reports(ctx, net.family, baseline + artifacts, net.family.build(None), report_to, [])
     if task:
         network = entry_name(name, artifacts[0].variant)
         typer.echo(f"wrote {_pipeline(repository, net.family, network, task, list(preprocess), labels)} around {network}")
@@ -262,20 +275,30 @@ def _pipeline(repository: Path, fam, network: str, task: str, preprocess: list[s
 
 @app.command("tensorrt")
 def export_tensorrt(
-    family: FamilyArg,
+    ctx: typer.Context,
     repository: RepoOpt,
+    family: Annotated[str | None, typer.Argument(help="model family; omit it with --onnx")] = None,
     precision: Annotated[str, typer.Option(help="fp16 or int8 (int8 is built from the QDQ model)")] = "fp16",
     name: NameOpt = "",
     version: VersionOpt = 1,
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="any ONNX file (first axis dynamic); with --name")] = None,
+    calibration_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="with --onnx and int8: "
+                                                          "calibration samples (.npz/.npy)")] = None,
 ) -> None:
     """Build a TensorRT engine (GPU only) with a batch profile from the config; cached per GPU and TensorRT."""
     if precision not in ("fp16", "int8"):
         raise typer.BadParameter("precision must be fp16 or int8")
-    export_model(repository, family, f"trt-{precision}", name, version)
+    if onnx is None and family is None:
+        raise typer.BadParameter("give a FAMILY (see `deepserve export families`) or --onnx FILE.onnx")
+    if onnx is None and calibration_data is not None:
+        raise typer.BadParameter("--calibration-data goes with --onnx (a family calibrates on its own data)")
+    export_model(ctx, repository, family, f"trt-{precision}", name, version, onnx=onnx,
+                 calibration_data=calibration_data)
 
 
 @app.command("report")
 def report(
+    ctx: typer.Context,
     family: FamilyArg,
     variants: VariantsOpt = DEFAULT_REPORT_VARIANTS,
     out: Annotated[Path | None, typer.Option(help="Markdown file (default: docs/variants/FAMILY.md)")] = None,
@@ -285,7 +308,6 @@ def report(
 ) -> None:
     """Build every variant, check it, measure it, and print + write the variant table."""
     from export.parity import ParityError
-    from export.report import measure_rows, print_table, to_markdown, write_report
     from export.tensorrt import GpuUnavailable
     from export.variants import VariantBuilder, entry_name, write_variant
 
@@ -302,20 +324,49 @@ def report(
             failures.append(f"{variant}: skipped: {err}")
     for art in artifacts if repository else []:
         write_variant(repository, fam, art, entry_name(fam.name, art.variant))
-    rows = measure_rows(fam, artifacts, threads or None)
+    _write_reports(ctx, fam, artifacts, builder.module, out or Path("docs") / "variants" / f"{fam.name}.md", failures,
+                   threads)
+    if any("FAIL" in f for f in failures):
+        _fail("\n".join(failures))
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The running command as ``deepserve ...`` with the values given (defaults left out):
+    how a report says it was made."""
+    import shlex
+
+    parts = ["deepserve", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value in ("", [], ()):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if param.param_type_name == "argument":
+            parts += [shlex.quote(str(v)) for v in values]
+        elif getattr(param, "is_flag", False):
+            parts.append(param.opts[-1] if value else (param.secondary_opts or param.opts)[-1])
+        else:
+            for v in values:
+                parts += [max(param.opts, key=len), shlex.quote(str(v))]
+    return " ".join(parts)
+
+
+def _write_reports(ctx: typer.Context, fam, artifacts, reference, target: Path, failures: list[str],
+                   threads: int = 0) -> None:
+    """Measure the artifacts, print the table, and write it as TARGET.md and TARGET.json."""
+    from export.report import measure_rows, print_table, to_json, to_markdown, write_report
+
+    rows = measure_rows(fam, artifacts, threads or None, reference=reference)
     typer.echo(print_table(rows))
-    for art in artifacts:
-        typer.echo(art.parity.summary())
-    args = sys.argv[sys.argv.index(family) :] if family in sys.argv else [family]
-    text = to_markdown(fam, rows, "deepserve export report " + " ".join(args))
+    command = _command_line(ctx)
+    text = to_markdown(fam, rows, command)
     text += "\n## Parity\n\n" + "\n".join(f"- {a.parity.summary()}" for a in artifacts) + "\n"
     if failures:
         text += "\n## Not built\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
-    target = out or Path("docs") / "variants" / f"{fam.name}.md"
+    target = target.with_suffix(".md")
     write_report(target, text)
-    typer.echo(f"wrote {target}")
-    if any("FAIL" in f for f in failures):
-        _fail("\n".join(failures))
+    write_report(target.with_suffix(".json"), to_json(fam, rows, command))
+    typer.echo(f"wrote {target} and {target.with_suffix('.json')}")
 
 
 root = typer.Typer(no_args_is_help=True)

@@ -204,6 +204,40 @@ def check_agreement(
     return report
 
 
+@dataclass(frozen=True)
+class Closeness:
+    """How close an artifact's outputs are to the fp32 reference's on some inputs."""
+
+    n_inputs: int
+    max_abs_err: float
+    rel_err: float  # max |err| / max |reference output|
+    cosine: float  # per-sample cosine similarity of all outputs flattened, worst sample
+    top1_agreement: float  # argmax over the first output's last axis, fraction of positions that agree
+
+
+def measure_closeness(variant: str, reference: torch.nn.Module, run: Runner, spec: ExportSpec,
+                      feed: dict[str, np.ndarray], batch_size: int = 64) -> Closeness:
+    """Max |err|, worst cosine and top-1 agreement of ``run`` against ``reference`` on ``feed``.
+    Outputs of another shape raise ParityError."""
+    n = next(iter(feed.values())).shape[0]
+    max_abs, peak, cosines, agree = 0.0, 0.0, [], []
+    for start in range(0, n, batch_size):
+        part = {k: v[start : start + batch_size] for k, v in feed.items()}
+        want = torch_outputs(reference, spec, part)
+        got = [np.asarray(g, np.float32) for g in run(part)]
+        for g, w in zip(got, want, strict=True):
+            _same_shape(variant, g, w)
+            max_abs = max(max_abs, float(np.abs(g - w).max(initial=0.0)))
+            peak = max(peak, float(np.abs(w).max(initial=0.0)))
+        g = np.concatenate([x.reshape(len(x), -1) for x in got], axis=1).astype(np.float64)
+        w = np.concatenate([x.reshape(len(x), -1) for x in want], axis=1).astype(np.float64)
+        norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
+        cosines.append(np.where(norms > 0, (g * w).sum(axis=1) / np.maximum(norms, 1e-30), 1.0))
+        agree.append((got[0].argmax(axis=-1) == want[0].argmax(axis=-1)).ravel())
+    rel = max_abs / peak if peak > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return Closeness(n, max_abs, rel, float(np.concatenate(cosines).min()), float(np.concatenate(agree).mean()))
+
+
 def _same_shape(variant: str, got: np.ndarray, want: np.ndarray) -> None:
     if got.shape != want.shape:
         raise ParityError(ParityReport(variant, "metric", False, len(want),

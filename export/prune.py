@@ -4,7 +4,9 @@ Structured pruning uses torch-pruning's dependency graph, so coupled layers (a c
 its BatchNorm, the next conv's input channels, both sides of a residual add, a flatten
 into a linear head) lose the same channels together. The network really shrinks: fewer
 channels, fewer parameters, fewer FLOPs. Channels are ranked by the L1 norm of their
-group's weights; the output layer keeps all its units.
+group's weights; the output layer keeps all its units. A network that keeps its widths in
+a config (saved beside its weights) brings it up to date in an ``after_pruning()`` method,
+called once the channels are gone; no network needs code here.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def prune_structured(
         pruning_ratio=spec.ratio, ignored_layers=ignored, round_to=None,
     )
     pruner.step()
-    _sync_config(pruned)
+    after = getattr(pruned, "after_pruning", None)
+    if callable(after):  # the model's own hook: e.g. bring a saved config in step with its new widths
+        after()
     if finetune is not None:
         finetune(pruned)
     pruned.eval()
@@ -84,15 +88,6 @@ def _output_layer(module: nn.Module) -> list[nn.Module]:
     """The last conv/linear layer: it produces the outputs (classes), whose count must not change."""
     layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     return layers[-1:]
-
-
-def _sync_config(module: nn.Module) -> None:
-    """Keep a DigitsCNN's config (saved as safetensors metadata) in step with its new widths."""
-    from models.digits_cnn import DigitsCNN
-
-    if isinstance(module, DigitsCNN):
-        convs = [m for m in module.features.modules() if isinstance(m, nn.Conv2d)]
-        module.config = type(module.config)(**{**module.config.__dict__, "channels": tuple(c.out_channels for c in convs)})
 
 
 def prune_unstructured(

@@ -32,7 +32,7 @@ import torch
 
 from export.errors import UserInputError
 from export.families import Family, HeldOut
-from export.parity import ParityError, ParityReport, Runner, torch_outputs
+from export.parity import ParityError, ParityReport, Runner, measure_closeness, torch_outputs
 from export.spec import ExportSpec, IOSpec
 
 DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32",
@@ -74,22 +74,31 @@ def parse_input(text: str) -> IOSpec:
     return IOSpec(name, tuple(shape), dtype, value_range)
 
 
-def parse_module_ref(text: str) -> tuple[str, str]:
+def parse_module_ref(text: str, flag: str = "--module") -> tuple[str, str]:
     """``PATH.py:FUNC`` or ``package.module:FUNC`` -> (source, function name)."""
     source, sep, func = text.rpartition(":")
     if not sep or not source or not re.fullmatch(r"[A-Za-z_]\w*", func):
-        raise UserInputError(f"--module '{text}': expected PATH.py:FUNC or package.module:FUNC")
+        raise UserInputError(f"{flag} '{text}': expected PATH.py:FUNC or package.module:FUNC")
     return source, func
 
 
-def import_module(source: str):
+def load_function(text: str, flag: str = "--module"):
+    """The function ``PATH.py:FUNC`` / ``package.module:FUNC`` names (imported, not called)."""
+    source, func_name = parse_module_ref(text, flag)
+    func = getattr(import_module(source, flag), func_name, None)
+    if not callable(func):
+        raise UserInputError(f"{flag}: {source} has no function '{func_name}'")
+    return func
+
+
+def import_module(source: str, flag: str = "--module"):
     """A ``.py`` path is loaded from the file (its folder on sys.path for sibling imports);
     anything else is imported by module name."""
     try:
         if source.endswith(".py"):
             path = Path(source).resolve()
             if not path.is_file():
-                raise UserInputError(f"--module: no such file {source}")
+                raise UserInputError(f"{flag}: no such file {source}")
             sys.path.insert(0, str(path.parent))
             spec = importlib.util.spec_from_file_location(f"deepserve_user_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
@@ -102,16 +111,13 @@ def import_module(source: str):
     except BaseException as err:  # SyntaxError, ImportError, anything the module body raises
         if isinstance(err, KeyboardInterrupt):
             raise
-        raise UserInputError(f"--module: could not import {source}: {type(err).__name__}: {err}") from None
+        raise UserInputError(f"{flag}: could not import {source}: {type(err).__name__}: {err}") from None
 
 
 def load_user_module(text: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | None]:
     """Call FUNC; returns (module in eval mode, example inputs or None)."""
-    source, func_name = parse_module_ref(text)
-    module = import_module(source)
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise UserInputError(f"--module: {source} has no function '{func_name}'")
+    func = load_function(text)
+    func_name = parse_module_ref(text)[1]
     try:
         result = func()
     except Exception as err:
@@ -310,7 +316,7 @@ def _sizes_from_examples(inputs, examples, sizes: dict[str, int]) -> dict[str, i
 # -- judging lossy variants without labels -------------------------------------------------
 
 @dataclass(frozen=True)
-class Closeness:
+class ClosenessBars:
     """Lossy variants against fp32 torch without labels: every bar is checked."""
 
     max_rel_err: float  # max |err| <= this fraction of max |fp32 output|
@@ -319,11 +325,11 @@ class Closeness:
 
 
 CLOSENESS = {
-    "int8-dynamic": Closeness(max_rel_err=0.1, min_cosine=0.98, min_top1_agreement=0.9),
-    "int8-static": Closeness(max_rel_err=0.1, min_cosine=0.98, min_top1_agreement=0.9),
-    "trt-int8": Closeness(max_rel_err=0.1, min_cosine=0.98, min_top1_agreement=0.9),
-    "sparse50": Closeness(max_rel_err=0.3, min_cosine=0.9, min_top1_agreement=0.8),
-    "pruned50": Closeness(max_rel_err=0.3, min_cosine=0.9, min_top1_agreement=0.8),
+    "int8-dynamic": ClosenessBars(max_rel_err=0.1, min_cosine=0.98, min_top1_agreement=0.9),
+    "int8-static": ClosenessBars(max_rel_err=0.1, min_cosine=0.98, min_top1_agreement=0.9),
+    "trt-int8": ClosenessBars(max_rel_err=0.1, min_cosine=0.98, min_top1_agreement=0.9),
+    "sparse50": ClosenessBars(max_rel_err=0.3, min_cosine=0.9, min_top1_agreement=0.8),
+    "pruned50": ClosenessBars(max_rel_err=0.3, min_cosine=0.9, min_top1_agreement=0.8),
 }
 
 
@@ -345,33 +351,15 @@ class ClosenessReport(ParityReport):
 def check_closeness(variant: str, reference: torch.nn.Module, run: Runner, spec: ExportSpec,
                     feed: dict[str, np.ndarray], real_data: bool, batch_size: int = 64) -> ClosenessReport:
     tol = CLOSENESS[variant]
-    n = next(iter(feed.values())).shape[0]
-    max_abs, peak, cosines, agree = 0.0, 0.0, [], []
-    for start in range(0, n, batch_size):
-        part = {k: v[start : start + batch_size] for k, v in feed.items()}
-        want = torch_outputs(reference, spec, part)
-        got = [np.asarray(g, np.float32) for g in run(part)]
-        if any(g.shape != w.shape for g, w in zip(got, want, strict=True)):
-            shapes = [(g.shape, w.shape) for g, w in zip(got, want, strict=True)]
-            raise ParityError(ClosenessReport(variant, "closeness", False, n, float("inf"),
-                                              tolerance=f"output shapes (variant, fp32) {shapes}"))
-        for g, w in zip(got, want, strict=True):
-            max_abs = max(max_abs, float(np.abs(g - w).max(initial=0.0)))
-            peak = max(peak, float(np.abs(w).max(initial=0.0)))
-        g = np.concatenate([x.reshape(len(x), -1) for x in got], axis=1).astype(np.float64)
-        w = np.concatenate([x.reshape(len(x), -1) for x in want], axis=1).astype(np.float64)
-        norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
-        cosines.append(np.where(norms > 0, (g * w).sum(axis=1) / np.maximum(norms, 1e-30), 1.0))
-        agree.append((got[0].argmax(axis=-1) == want[0].argmax(axis=-1)).ravel())
-    rel = max_abs / peak if peak > 0 else (0.0 if max_abs == 0 else float("inf"))
-    cosine = float(np.concatenate(cosines).min())
-    top1 = float(np.concatenate(agree).mean()) if real_data else None
-    passed = rel <= tol.max_rel_err and cosine >= tol.min_cosine and (top1 is None or top1 >= tol.min_top1_agreement)
+    c = measure_closeness(variant, reference, run, spec, feed, batch_size)
+    top1 = c.top1_agreement if real_data else None
+    passed = (c.rel_err <= tol.max_rel_err and c.cosine >= tol.min_cosine
+              and (top1 is None or top1 >= tol.min_top1_agreement))
     bars = f"max |err| <= {100 * tol.max_rel_err:g} % of max |fp32|, cosine >= {tol.min_cosine:g}"
     if real_data:
         bars += f", top-1 agreement >= {tol.min_top1_agreement:g}"
-    report = ClosenessReport(variant, "closeness", passed, n, max_abs, tolerance=bars, top1_agreement=top1,
-                             cosine=cosine, rel_err=rel, real_data=real_data)
+    report = ClosenessReport(variant, "closeness", passed, c.n_inputs, c.max_abs_err, tolerance=bars,
+                             top1_agreement=top1, cosine=c.cosine, rel_err=c.rel_err, real_data=real_data)
     if not passed:
         raise ParityError(report)
     return report
@@ -390,19 +378,21 @@ class UserNetwork:
 
 def user_family(name: str, module_ref: str, inputs: Sequence[str], outputs: Sequence[str], *,
                 weights: Path | None = None, labels: Path | None = None, calibration_data: Path | None = None,
-                eval_data: Path | None = None) -> UserNetwork:
+                eval_data: Path | None = None, finetune: str = "") -> UserNetwork:
     """Every flag parsed and checked against the network; raises UserInputError."""
     specs = [parse_input(text) for text in inputs]
     module, examples = load_user_module(module_ref)
     if weights is not None:
         load_weights(module, weights)
     spec = build_spec(module, specs, outputs, examples)
-    return _network(name, module, spec, labels, calibration_data, eval_data)
+    return _network(name, module, spec, labels, calibration_data, eval_data, finetune=finetune)
 
 
 def _network(name: str, module, spec: ExportSpec, labels: Path | None, calibration_data: Path | None,
-             eval_data: Path | None, onnx_model=None, source: str = "--module") -> UserNetwork:
+             eval_data: Path | None, onnx_model=None, source: str = "--module", finetune: str = "") -> UserNetwork:
     """The data flags checked against the spec, and the one-off family."""
+    from export.finetune import resolve
+
     calib = load_calibration(calibration_data, spec) if calibration_data else None
     held = load_eval(eval_data, spec) if eval_data else None
     names = tuple(labels.read_text().splitlines()) if labels else None
@@ -421,6 +411,7 @@ def _network(name: str, module, spec: ExportSpec, labels: Path | None, calibrati
         name, module, spec, labels=names, label_output=spec.outputs[0].name,
         held_out=(lambda: held) if held is not None else None,
         calibration=(lambda: calib) if calib is not None else random_calibration,
+        finetune=resolve(finetune, held, spec),
     )
     return UserNetwork(family, calib, held, onnx_model, source)
 

@@ -6,7 +6,7 @@ Output: float32 logits ``(N, 10)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,11 @@ class DigitsCNN(nn.Module):
         x = self.features(x)  # (N, c3, 2, 2)
         x = torch.flatten(x, 1)  # (N, c3 * 4)
         return self.head(self.dropout(x))  # (N, n_classes)
+
+    def after_pruning(self) -> None:
+        """Structured pruning removed channels: the config (saved as metadata) takes the new widths."""
+        convs = [m for m in self.features.modules() if isinstance(m, nn.Conv2d)]
+        self.config = replace(self.config, channels=tuple(c.out_channels for c in convs))
 
 
 def config_from_metadata(meta: dict[str, str] | None) -> DigitsCNNConfig:

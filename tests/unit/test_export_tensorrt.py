@@ -65,3 +65,25 @@ def test_engine_cache_key_covers_device_and_options() -> None:
     assert key != engine_cache_key(b"onnx2", spec, "NVIDIA_H100-sm90-trt10.9")
     int8 = EngineSpec(precision="int8", cache_dir=Path("/nonexistent"))
     assert key != engine_cache_key(b"onnx", int8, "NVIDIA_H100-sm90-trt10.9")
+
+
+def test_cli_with_an_onnx_file_refuses_without_a_gpu_and_writes_nothing(no_gpu, tmp_path) -> None:
+    import numpy as np
+    import torch
+
+    from export.onnx import export_onnx
+    from export.quantize import save
+    from export.spec import ExportSpec, IOSpec
+
+    spec = ExportSpec(inputs=(IOSpec("x", ("batch", 6)),), outputs=(IOSpec("y", ("batch", 3)),))
+    save(export_onnx(torch.nn.Sequential(torch.nn.Linear(6, 3)).eval(), spec), tmp_path / "net.onnx")
+    np.save(tmp_path / "calib.npy", np.zeros((8, 6), np.float32))
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(root, ["export", "tensorrt", "--onnx", str(tmp_path / "net.onnx"), "-r", str(repo),
+                                       "--name", "net", "--precision", "int8",
+                                       "--calibration-data", str(tmp_path / "calib.npy")])
+    assert result.exit_code == 2, result.output
+    assert "TensorRT needs an NVIDIA GPU" in result.output and "Traceback" not in result.output
+    assert not repo.exists()
+    neither = CliRunner().invoke(root, ["export", "tensorrt", "-r", str(repo)])
+    assert neither.exit_code == 2 and "--onnx" in neither.output

@@ -231,7 +231,7 @@ def test_family_or_module_is_required(tmp_path, net_file) -> None:
 def test_a_failed_variant_writes_nothing_at_all(net_file, tmp_path, monkeypatch) -> None:
     from export import user
 
-    monkeypatch.setitem(user.CLOSENESS, "int8-dynamic", user.Closeness(1e-9, 1.0, 1.0))
+    monkeypatch.setitem(user.CLOSENESS, "int8-dynamic", user.ClosenessBars(1e-9, 1.0, 1.0))
     result = _cli(tmp_path, "--module", f"{net_file}:build", "--input", "x:batch,6", "--variants", "fp32,int8-dynamic")
     assert result.exit_code == 1, result.output
     assert "fp32: PASS" in result.output and "int8-dynamic: FAIL closeness" in result.output
