@@ -139,8 +139,11 @@ def ort_runner(model: onnx.ModelProto | bytes | Path, spec: ExportSpec, threads:
 
 
 def _np_dtype(ort_type: str) -> np.dtype:
-    return {"tensor(float16)": np.dtype(np.float16), "tensor(double)": np.dtype(np.float64),
-            "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}.get(ort_type, np.dtype(np.float32))
+    """The numpy dtype of an ONNX Runtime input type string (the server's own map; float32 if unknown)."""
+    from server.core.datatypes import numpy_dtype
+    from server.runtimes.onnxruntime import ORT_TYPES
+
+    return numpy_dtype(ORT_TYPES.get(ort_type, "FP32"))
 
 
 def export_verified(

@@ -212,7 +212,9 @@ class Closeness:
     max_abs_err: float
     rel_err: float  # max |err| / max |reference output|
     cosine: float  # per-sample cosine similarity of all outputs flattened, worst sample
-    top1_agreement: float  # argmax over the first output's last axis, fraction of positions that agree
+    # argmax over the first output's last axis, fraction of positions that agree; None when that
+    # output is not scores: (batch, classes) or (batch, time, classes), not an image
+    top1_agreement: float | None
 
 
 def measure_closeness(variant: str, reference: torch.nn.Module, run: Runner, spec: ExportSpec,
@@ -235,7 +237,8 @@ def measure_closeness(variant: str, reference: torch.nn.Module, run: Runner, spe
         cosines.append(np.where(norms > 0, (g * w).sum(axis=1) / np.maximum(norms, 1e-30), 1.0))
         agree.append((got[0].argmax(axis=-1) == want[0].argmax(axis=-1)).ravel())
     rel = max_abs / peak if peak > 0 else (0.0 if max_abs == 0 else float("inf"))
-    return Closeness(n, max_abs, rel, float(np.concatenate(cosines).min()), float(np.concatenate(agree).mean()))
+    top1 = float(np.concatenate(agree).mean()) if len(spec.outputs[0].shape) in (2, 3) else None
+    return Closeness(n, max_abs, rel, float(np.concatenate(cosines).min()), top1)
 
 
 def _same_shape(variant: str, got: np.ndarray, want: np.ndarray) -> None:

@@ -41,7 +41,7 @@ class Row:
     parity: str
     max_abs_err: float  # vs the fp32 torch network, on the closeness inputs
     cosine: float
-    top1_agreement: float
+    top1_agreement: float | None  # None: the first output is not class scores
 
 
 def measure(run: Runner, feed: dict[str, np.ndarray], budget_s: float = 1.5, max_iters: int = 200) -> float:
@@ -123,7 +123,7 @@ def to_markdown(family: Family, rows: list[Row], command: str) -> str:
             f"| {r.params:,} | {r.flops / 1e6:.2f} | {base.flops / r.flops:.2f}x "
             f"| {r.p50_b1_ms:.3f} | {r.p50_pref_ms:.3f} | {r.throughput:,.0f} "
             f"| {r.throughput / base.throughput:.2f}x | {acc} | {delta} | {r.max_abs_err:.3g} | {r.cosine:.4f} "
-            f"| {r.top1_agreement:.4f} | {r.parity} |"
+            f"| {'n/a' if r.top1_agreement is None else f'{r.top1_agreement:.4f}'} | {r.parity} |"
         )
     host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     return "\n".join([

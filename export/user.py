@@ -500,8 +500,7 @@ class OnnxReference:
         from export.onnx import _np_dtype, ort_session
 
         self._session = ort_session(model)
-        self._inputs = [(i.name, _np_dtype(i.type) if i.type != "tensor(bool)" else np.dtype(bool))
-                        for i in self._session.get_inputs()]
+        self._inputs = [(i.name, _np_dtype(i.type)) for i in self._session.get_inputs()]
 
     def eval(self) -> OnnxReference:
         return self
@@ -662,4 +661,12 @@ def build_user_variants(net: UserNetwork, variants: Sequence[str], options=None)
             artifacts.append(builder.build(variant))
         except ParityError as err:
             failed.append(err)
+        except UserInputError:
+            raise
+        except Exception as err:
+            if variant not in PRUNING:
+                raise
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise UserInputError(f"--variants {variant}: torch-pruning cannot prune this network "
+                                 f"({type(err).__name__}: {first}); leave {variant} out") from None
     return artifacts, failed

@@ -21,7 +21,7 @@ from server.runtimes.base import RuntimeOptions, Signature
 log = logging.getLogger(__name__)
 
 # ONNX Runtime's tensor type strings -> wire datatypes
-_ORT_TYPES = {
+ORT_TYPES = {
     "tensor(float)": "FP32",
     "tensor(float16)": "FP16",
     "tensor(double)": "FP64",
@@ -108,7 +108,7 @@ class OnnxRuntime:
 
 
 def _spec(arg) -> TensorSpec:
-    datatype = _ORT_TYPES.get(arg.type)
+    datatype = ORT_TYPES.get(arg.type)
     if datatype is None:
         raise InvalidInput(f"tensor '{arg.name}' has type {arg.type}, which deepserve does not serve")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
