@@ -119,11 +119,14 @@ def export_model(
                                                     "e.g. input:batch,3,224,224 or audio:batch,time,80:FP32")] = None,
     output: Annotated[list[str] | None, typer.Option("--output", help="with --module: output names (repeat; "
                                                      "default output, output_1, ...)")] = None,
-    calibration_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="with --module: .npz "
-                                                          "(one array per input) or .npy: int8-static calibration "
-                                                          "and the closeness check")] = None,
-    eval_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="with --module: .npz with x "
-                                                   "(or one array per input) and y labels: accuracy deltas")] = None,
+    calibration_data: Annotated[str | None, typer.Option(help="with --module/--onnx/--pt2: int8-static calibration "
+                                                         "and the closeness check: a .npz (one array per input), a "
+                                                         ".npy, a folder of images (decoded and resized as the "
+                                                         "image pipeline does, --preprocess on top), or "
+                                                         "PATH.py:FUNC yielding batches")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="with --module/--onnx/--pt2: labelled data for accuracy "
+                                                  "deltas: a .npz with x (or one array per input) and y, or a "
+                                                  "folder of images with one subfolder per class")] = None,
     finetune: Annotated[str, typer.Option(help="with --module and sparse50/pruned50: PATH.py:FUNC, FUNC(module) "
                                           "trains the pruned network in place; or 'builtin' (a few epochs of "
                                           "cross-entropy on --eval-data)")] = "",
@@ -193,16 +196,16 @@ def _export_user_model(family, module, repository, variants, name, version, weig
     if finetune and not PRUNING & set(variants):
         _fail("Error: --finetune fine-tunes a pruned network: it goes with --variants sparse50 or pruned50", 2)
     try:
+        data = {"labels": labels, "calibration_data": calibration_data, "eval_data": eval_data,
+                "preprocess": _key_values(preprocess)}
         if onnx is not None:
-            net = onnx_family(name, onnx, labels=labels, calibration_data=calibration_data, eval_data=eval_data)
+            net = onnx_family(name, onnx, **data)
         elif pt2 is not None:
-            net = program_family(name, pt2, inputs, outputs, labels=labels, calibration_data=calibration_data,
-                                 eval_data=eval_data)
+            net = program_family(name, pt2, inputs, outputs, **data)
         else:
-            net = user_family(name, module, inputs, outputs, weights=weights, labels=labels,
-                              calibration_data=calibration_data, eval_data=eval_data, finetune=finetune)
+            net = user_family(name, module, inputs, outputs, weights=weights, finetune=finetune, **data)
         if task:
-            _check_task(net.family, task, labels, preprocess)  # before anything is built or written
+            _check_task(net.family, task, labels)  # before anything is built or written
         artifacts, failed = build_user_variants(net, variants, options)
         # The report's baseline is fp32 even when it is not asked for (measured, not written).
         baseline = [] if report_to is None or "fp32" in variants else build_user_variants(net, ["fp32"], options)[0]
@@ -222,7 +225,18 @@ def _export_user_model(family, module, repository, variants, name, version, weig
         typer.echo(f"wrote {_pipeline(repository, net.family, network, task, list(preprocess), labels)} around {network}")
 
 
-def _check_task(fam, task: str, labels: Path | None, preprocess=()) -> None:
+def _key_values(items) -> dict[str, str]:
+    """``--preprocess KEY=VALUE`` (repeated) as a dict."""
+    from export.user import UserInputError
+
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (key, sep, _) in zip(items, pairs, strict=True) if not sep or not key]
+    if bad:
+        raise UserInputError(f"--preprocess takes KEY=VALUE, not {bad[0]!r}")
+    return {key: value for key, _, value in pairs}
+
+
+def _check_task(fam, task: str, labels: Path | None) -> None:
     """What ``--task`` needs of a user's network, checked before anything is written: one
     image input (C, H, W) with C 1 or 3 and fixed H, W; labels; for detect, the
     ``detect.centernet`` outputs (heatmap, size, offset)."""
@@ -230,8 +244,6 @@ def _check_task(fam, task: str, labels: Path | None, preprocess=()) -> None:
 
     if task not in ("classify", "detect"):
         raise UserInputError(f"--task must be classify or detect, not '{task}'")
-    if any("=" not in item for item in preprocess):
-        raise UserInputError("--preprocess takes KEY=VALUE")
     if labels is None:
         raise UserInputError(f"--task {task} needs --labels (the class names the route answers with)")
     if len(fam.spec.inputs) != 1:
@@ -247,11 +259,12 @@ def _check_task(fam, task: str, labels: Path | None, preprocess=()) -> None:
 def _pipeline(repository: Path, fam, network: str, task: str, preprocess: list[str], labels: Path | None) -> str:
     """The ensemble around an exported network, named NETWORK_TASK."""
     from export.pipelines import ImagePreprocess, write_classify_pipeline, write_detect_pipeline
+    from export.user import UserInputError
 
-    pairs = [item.partition("=") for item in preprocess]
-    if any(not sep for _, sep, _ in pairs):
-        raise typer.BadParameter("--preprocess takes KEY=VALUE")
-    options = {key: value for key, _, value in pairs}
+    try:
+        options = _key_values(preprocess)
+    except UserInputError as err:
+        raise typer.BadParameter(str(err)) from None
     names = tuple(labels.read_text().splitlines()) if labels else fam.labels
     spec_in, spec_out = fam.spec.inputs[0], fam.spec.outputs
     size = spec_in.shape[1:]
@@ -282,8 +295,8 @@ def export_tensorrt(
     name: NameOpt = "",
     version: VersionOpt = 1,
     onnx: Annotated[Path | None, typer.Option("--onnx", help="any ONNX file (first axis dynamic); with --name")] = None,
-    calibration_data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="with --onnx and int8: "
-                                                          "calibration samples (.npz/.npy)")] = None,
+    calibration_data: Annotated[str | None, typer.Option(help="with --onnx and int8: calibration samples, as "
+                                                         "`export model` takes them")] = None,
 ) -> None:
     """Build a TensorRT engine (GPU only) with a batch profile from the config; cached per GPU and TensorRT."""
     if precision not in ("fp16", "int8"):

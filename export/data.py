@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from export.errors import UserInputError
+from export.references import load_function, parse_module_ref
 from export.spec import ExportSpec, IOSpec
 
 if TYPE_CHECKING:
@@ -257,16 +258,7 @@ def _from_function(text: str, spec: ExportSpec, flag: str, limit: int) -> dict[s
 
 def _batches(text: str, flag: str) -> Iterator[object]:
     """``FUNC()``'s batches; whatever the user's code raises becomes a UserInputError."""
-    from export.user import import_module, parse_module_ref  # here: export.user imports this module
-
-    try:
-        source, name = parse_module_ref(text)
-        module = import_module(source)
-    except UserInputError as err:  # their messages name --module
-        raise UserInputError(str(err).replace("--module", flag, 1)) from None
-    func = getattr(module, name, None)
-    if not callable(func):
-        raise UserInputError(f"{flag} {text}: {source} has no function '{name}'")
+    func, name = load_function(text, flag), parse_module_ref(text, flag)[1]
     try:
         result = func()
     except Exception as err:

@@ -19,6 +19,7 @@ from torch import nn
 
 from export.errors import UserInputError
 from export.families import HeldOut
+from export.references import load_function, parse_module_ref
 from export.spec import ExportSpec
 
 BUILTIN = "builtin"
@@ -62,8 +63,6 @@ def builtin_finetune(data: HeldOut, spec: ExportSpec, recipe: BuiltinRecipe = Bu
 
 def user_finetune(ref: str) -> Finetune:
     """``PATH.py:FUNC`` -> a fine-tune whose failures name the flag."""
-    from export.user import load_function, parse_module_ref
-
     func, name = load_function(ref, "--finetune"), parse_module_ref(ref, "--finetune")[1]
 
     def run(module: nn.Module) -> nn.Module:

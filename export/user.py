@@ -18,11 +18,8 @@ prints it and exits 2, without a traceback and without writing anything.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,9 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.data import load_calibration, load_eval
 from export.errors import UserInputError
 from export.families import Family, HeldOut
 from export.parity import ParityError, ParityReport, Runner, measure_closeness, torch_outputs
+from export.references import load_function, parse_module_ref
 from export.spec import ExportSpec, IOSpec
 
 DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32",
@@ -72,46 +71,6 @@ def parse_input(text: str) -> IOSpec:
     dtype = DTYPES[dtype_name]
     value_range = INT_RANGE if dtype_name.startswith(("INT", "UINT")) or dtype_name == "BOOL" else FLOAT_RANGE
     return IOSpec(name, tuple(shape), dtype, value_range)
-
-
-def parse_module_ref(text: str, flag: str = "--module") -> tuple[str, str]:
-    """``PATH.py:FUNC`` or ``package.module:FUNC`` -> (source, function name)."""
-    source, sep, func = text.rpartition(":")
-    if not sep or not source or not re.fullmatch(r"[A-Za-z_]\w*", func):
-        raise UserInputError(f"{flag} '{text}': expected PATH.py:FUNC or package.module:FUNC")
-    return source, func
-
-
-def load_function(text: str, flag: str = "--module"):
-    """The function ``PATH.py:FUNC`` / ``package.module:FUNC`` names (imported, not called)."""
-    source, func_name = parse_module_ref(text, flag)
-    func = getattr(import_module(source, flag), func_name, None)
-    if not callable(func):
-        raise UserInputError(f"{flag}: {source} has no function '{func_name}'")
-    return func
-
-
-def import_module(source: str, flag: str = "--module"):
-    """A ``.py`` path is loaded from the file (its folder on sys.path for sibling imports);
-    anything else is imported by module name."""
-    try:
-        if source.endswith(".py"):
-            path = Path(source).resolve()
-            if not path.is_file():
-                raise UserInputError(f"{flag}: no such file {source}")
-            sys.path.insert(0, str(path.parent))
-            spec = importlib.util.spec_from_file_location(f"deepserve_user_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            return module
-        return importlib.import_module(source)
-    except UserInputError:
-        raise
-    except BaseException as err:  # SyntaxError, ImportError, anything the module body raises
-        if isinstance(err, KeyboardInterrupt):
-            raise
-        raise UserInputError(f"{flag}: could not import {source}: {type(err).__name__}: {err}") from None
 
 
 def load_user_module(text: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | None]:
@@ -166,65 +125,6 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
     if problems:
         raise UserInputError(f"--weights {path} does not fit the network: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
-
-
-# -- data files ----------------------------------------------------------------------------
-
-def _load_arrays(path: Path, flag: str) -> dict[str, np.ndarray] | np.ndarray:
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as err:
-        raise UserInputError(f"{flag} {path}: not a readable .npz/.npy file: {err}") from None
-
-
-def _fit(spec: ExportSpec, arrays: dict[str, np.ndarray], flag: str, path: Path) -> dict[str, np.ndarray]:
-    """Arrays per input name, checked against the input specs and cast to their dtypes."""
-    missing = [n for n in spec.input_names if n not in arrays]
-    if missing:
-        raise UserInputError(f"{flag} {path}: no array for input(s) {missing}; it has {sorted(arrays)}")
-    feed, batch = {}, None
-    for io in spec.inputs:
-        a = arrays[io.name]
-        fixed_ok = a.ndim == len(io.shape) and all(isinstance(d, str) or d == s for d, s in zip(io.shape, a.shape, strict=True))
-        if not fixed_ok:
-            want = ",".join(str(d) for d in io.shape)
-            raise UserInputError(f"{flag} {path}: '{io.name}' has shape {a.shape}, the input is declared {want}")
-        if batch is not None and a.shape[0] != batch:
-            raise UserInputError(f"{flag} {path}: the arrays have different lengths ({batch} and {a.shape[0]})")
-        batch = a.shape[0]
-        feed[io.name] = np.ascontiguousarray(a.astype(io.dtype, copy=False))
-    return feed
-
-
-def load_calibration(path: Path, spec: ExportSpec) -> dict[str, np.ndarray]:
-    data = _load_arrays(path, "--calibration-data")
-    if isinstance(data, np.ndarray):
-        if len(spec.inputs) != 1:
-            raise UserInputError(f"--calibration-data {path}: a .npy holds one array, the network has "
-                                 f"{len(spec.inputs)} inputs; use a .npz with one array per input name")
-        data = {spec.input_names[0]: data}
-    return _fit(spec, data, "--calibration-data", path)
-
-
-def load_eval(path: Path, spec: ExportSpec) -> HeldOut:
-    data = _load_arrays(path, "--eval-data")
-    if isinstance(data, np.ndarray) or "y" not in data:
-        raise UserInputError(f"--eval-data {path}: expected a .npz with 'y' (integer labels) and 'x' "
-                             "(or one array per input name)")
-    arrays = dict(data)
-    labels = arrays.pop("y")
-    if "x" in arrays and len(spec.inputs) == 1 and spec.input_names[0] not in arrays:
-        arrays[spec.input_names[0]] = arrays.pop("x")
-    feed = _fit(spec, arrays, "--eval-data", path)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise UserInputError(f"--eval-data {path}: 'y' must be a 1-D integer array, not {labels.dtype}{labels.shape}")
-    n = next(iter(feed.values())).shape[0]
-    if len(labels) != n:
-        raise UserInputError(f"--eval-data {path}: {len(labels)} labels for {n} inputs")
-    return feed, labels.astype(np.int64)
 
 
 # -- the spec, from the flags and the network itself ---------------------------------------
@@ -377,25 +277,28 @@ class UserNetwork:
 
 
 def user_family(name: str, module_ref: str, inputs: Sequence[str], outputs: Sequence[str], *,
-                weights: Path | None = None, labels: Path | None = None, calibration_data: Path | None = None,
-                eval_data: Path | None = None, finetune: str = "") -> UserNetwork:
+                weights: Path | None = None, labels: Path | None = None, calibration_data: str | None = None,
+                eval_data: str | None = None, finetune: str = "", preprocess: Mapping[str, str] | None = None,
+                ) -> UserNetwork:
     """Every flag parsed and checked against the network; raises UserInputError."""
     specs = [parse_input(text) for text in inputs]
     module, examples = load_user_module(module_ref)
     if weights is not None:
         load_weights(module, weights)
     spec = build_spec(module, specs, outputs, examples)
-    return _network(name, module, spec, labels, calibration_data, eval_data, finetune=finetune)
+    return _network(name, module, spec, labels, calibration_data, eval_data, finetune=finetune, preprocess=preprocess)
 
 
-def _network(name: str, module, spec: ExportSpec, labels: Path | None, calibration_data: Path | None,
-             eval_data: Path | None, onnx_model=None, source: str = "--module", finetune: str = "") -> UserNetwork:
+def _network(name: str, module, spec: ExportSpec, labels: Path | None, calibration_data: str | None,
+             eval_data: str | None, onnx_model=None, source: str = "--module", finetune: str = "",
+             preprocess: Mapping[str, str] | None = None) -> UserNetwork:
     """The data flags checked against the spec, and the one-off family."""
     from export.finetune import resolve
 
-    calib = load_calibration(calibration_data, spec) if calibration_data else None
-    held = load_eval(eval_data, spec) if eval_data else None
     names = tuple(labels.read_text().splitlines()) if labels else None
+    options = dict(preprocess or {})
+    calib = load_calibration(calibration_data, spec, options) if calibration_data else None
+    held = load_eval(eval_data, spec, options, labels=names) if eval_data else None
     if names is not None and (len(spec.outputs[0].shape) != 2 or spec.outputs[0].shape[1] != len(names)):
         raise UserInputError(f"--labels {labels}: {len(names)} labels, the first output "
                              f"'{spec.outputs[0].name}' has shape {spec.outputs[0].shape}")
@@ -513,8 +416,8 @@ class OnnxReference:
         return tuple(torch.from_numpy(np.asarray(o)) for o in self._session.run(None, feed))
 
 
-def onnx_family(name: str, path: Path, *, labels: Path | None = None, calibration_data: Path | None = None,
-                eval_data: Path | None = None) -> UserNetwork:
+def onnx_family(name: str, path: Path, *, labels: Path | None = None, calibration_data: str | None = None,
+                eval_data: str | None = None, preprocess: Mapping[str, str] | None = None) -> UserNetwork:
     """``--onnx``: inputs/outputs from the graph, the fp32 file itself as the reference."""
     model = load_onnx(path)
     inputs, outputs = onnx_io(model, path)
@@ -527,7 +430,8 @@ def onnx_family(name: str, path: Path, *, labels: Path | None = None, calibratio
         spec = build_spec(reference, inputs, outputs)
     except UserInputError as err:
         raise UserInputError(str(err).replace("--input: the network", f"--onnx {path}: the graph", 1)) from None
-    return _network(name, reference, spec, labels, calibration_data, eval_data, onnx_model=model, source="--onnx")
+    return _network(name, reference, spec, labels, calibration_data, eval_data, onnx_model=model, source="--onnx",
+                    preprocess=preprocess)
 
 
 # -- a torch.export program: --pt2 FILE.pt2 ----------------------------------------------------
@@ -564,8 +468,8 @@ def load_program(path: Path) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] 
 
 
 def program_family(name: str, path: Path, inputs: Sequence[str], outputs: Sequence[str], *,
-                   labels: Path | None = None, calibration_data: Path | None = None,
-                   eval_data: Path | None = None) -> UserNetwork:
+                   labels: Path | None = None, calibration_data: str | None = None,
+                   eval_data: str | None = None, preprocess: Mapping[str, str] | None = None) -> UserNetwork:
     """``--pt2``: the program's module, inputs from ``--input`` or its example inputs; then as ``--module``."""
     specs = [parse_input(text) for text in inputs]
     module, examples, names = load_program(path)
@@ -580,7 +484,7 @@ def program_family(name: str, path: Path, inputs: Sequence[str], outputs: Sequen
     except UserInputError as err:
         raise UserInputError(f"--pt2 {path}: {err} (was the program exported with a dynamic batch axis, "
                              "dynamic_shapes={...: {0: torch.export.Dim('batch')}}?)") from None
-    return _network(name, module, spec, labels, calibration_data, eval_data, source="--pt2")
+    return _network(name, module, spec, labels, calibration_data, eval_data, source="--pt2", preprocess=preprocess)
 
 
 def export_onnx_error(err: Exception, source: str = "--module") -> str:

@@ -228,7 +228,7 @@ def test_a_module_path_reference(tmp_path, monkeypatch) -> None:
     ("tuples", r"\(batch 0\): a batch of 2 arrays; the network has 1 input\(s\) \['x'\]"),
 ])
 def test_function_mistakes_name_the_flag(batches, func, message) -> None:
-    with pytest.raises(UserInputError, match=r"^--calibration-data .*" + message):
+    with pytest.raises(UserInputError, match=r"^--calibration-data\b.*" + message):
         load_calibration(f"{batches}:{func}", _spec(IOSpec("x", ("batch", 4))))
 
 

@@ -11,12 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from export.cli import root
+from export.data import load_calibration, load_eval
 from export.user import (
     UserInputError,
     build_spec,
     export_onnx_error,
-    load_calibration,
-    load_eval,
     load_user_module,
     load_weights,
     parse_input,
