@@ -139,7 +139,7 @@ def export_model(
     from export.tensorrt import GpuUnavailable
     from export.variants import export_variants
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _log_export_info()
     if module or onnx is not None or pt2 is not None or family is None:
         sources = [flag for flag, given in (("FAMILY", family is not None), ("--module", bool(module)),
                                             ("--onnx", onnx is not None), ("--pt2", pt2 is not None)) if given]
@@ -168,6 +168,12 @@ def export_model(
 
         network = entry_name(name or fam.name, written[0].variant)
         typer.echo(f"wrote {_pipeline(repository, fam, network, task, preprocess or [], labels)} around {network}")
+
+
+def _log_export_info() -> None:
+    """Our progress lines at INFO; other libraries' (ONNX Runtime's quantizer logs every tensor) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)
 
 
 def _export_user_model(family, module, repository, variants, name, version, weights, options, inputs, outputs,
@@ -348,7 +354,7 @@ def _command_line(ctx: typer.Context) -> str:
     how a report says it was made."""
     import shlex
 
-    parts = ["deepserve", *ctx.command_path.split()[1:]]
+    parts = ["deepserve", *(c.info_name for c in (ctx.parent, ctx) if c is not None and c.info_name)]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if value is None or value == param.default or value in ("", [], ()):
