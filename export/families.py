@@ -314,6 +314,31 @@ def _unet_family() -> Family:
                   max_batch_size=128, preferred_batch_size=(32, 64))
 
 
+# -- speech (transcription) ----------------------------------------------------------------
+
+def _speech_build(weights: Path | None) -> torch.nn.Module:
+    from models import speech_ctc
+
+    return speech_ctc.load(weights or speech_ctc.WEIGHTS)
+
+
+def _speech_family() -> Family:
+    """The CTC recognizer: log-mel features (batch, time, 80) -> per-frame character
+    log-probabilities (batch, frames, characters); both time axes dynamic. Parity on random
+    features in the log-mel range (silence floor to loud speech)."""
+    from models import speech_ctc
+    from server.pipelines.audio_features import FEATURE_FLOOR, N_MELS
+
+    spec = ExportSpec(
+        inputs=(IOSpec("features", ("batch", "time", N_MELS), value_range=(FEATURE_FLOOR, 4.0)),),
+        outputs=(IOSpec("logits", ("batch", "frames", len(speech_ctc.ALPHABET))),),
+        trace_sizes={"batch": 2, "time": 120},
+        parity_sizes=({"batch": 1, "time": 90}, {"batch": 3, "time": 301}),
+    )
+    return Family("speech_ctc", spec, _speech_build, speech_ctc.WEIGHTS, max_batch_size=32,
+                  preferred_batch_size=(8, 16))
+
+
 # -- benchmark networks (untrained, seeded) ---------------------------------------------
 
 # No labels: lossy variants are judged by top-1 agreement with fp32 on random inputs.
@@ -351,6 +376,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {
     "digits_vae_encoder": _vae_encoder_family,
     "digits_vae_decoder": _vae_decoder_family,
     "digits_unet": _unet_family,
+    "speech_ctc": _speech_family,
 }
 
 

@@ -210,3 +210,25 @@ def diffusion_entry(name: str, schedule: dict[str, str], *, default_steps: int =
             "max_step_rows": str(max_step_rows),
         },
     )
+
+
+def write_transcription(repo: Path, name: str, network: str, alphabet: str, vocabulary: Path | None = None,
+                        decoupled: bool = False, parameters: dict[str, str] | None = None) -> Path:
+    """``name`` (task transcription, ``server.repository.transcriber``): audio file bytes ->
+    text over the acoustic model ``network``; decoupled, it streams one response per chunk.
+    ``vocabulary`` (one word per line) is copied beside the config for beam search."""
+    values = {"task": "transcription", "network": network, "alphabet": alphabet, **(parameters or {})}
+    if vocabulary is not None:
+        values["vocabulary"] = "vocabulary.txt"
+    policy = "model_transaction_policy { decoupled: true }\n" if decoupled else ""
+    folder = _write(repo, name, f"""
+name: "{name}"
+backend: "transcription"
+max_batch_size: 0
+{policy}parameters [
+  {_parameters(values)}
+]
+""")
+    if vocabulary is not None:
+        (folder / "vocabulary.txt").write_text(vocabulary.read_text())
+    return folder

@@ -23,11 +23,18 @@ deepserve_model_resident_bytes               gauge      process RSS delta across
                                                         size the memory budget counts)
 deepserve_response_count_total               counter    responses sent by decoupled models
 deepserve_generated_images_total             counter    final images of generation models
+deepserve_audio_seconds_total                counter    audio transcribed (seconds of recording)
+deepserve_transcription_real_time_factor     histogram  a request's wall time / its audio's duration
+deepserve_transcription_chunks               histogram  chunks a recording was cut into
 ===========================================  =========  ==========================================
 
 Per ensemble step (labels ``model``, ``version``, ``step`` = the step's model):
 ``deepserve_ensemble_step_duration_seconds`` (histogram), the step's time within the
-ensemble's requests; the step model's own series count the same requests too.
+ensemble's requests; the step model's own series count the same requests too. A
+transcription model reports its stages the same way (``step`` = ``decode``, ``split``,
+``features``, ``network`` (the acoustic model's queue and compute, which its own
+``deepserve_queue_duration_seconds`` and ``deepserve_compute_duration_seconds`` split),
+``ctc``).
 
 GPU (label ``gpu_uuid``), read through NVML at scrape time when a GPU is present:
 ``deepserve_gpu_utilization_ratio``, ``deepserve_gpu_memory_used_bytes``,
@@ -47,6 +54,7 @@ LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # The `reason` label of deepserve_request_failure_total: the core errors' reasons, and
 # CANCELED for a client that went away.
 FAILURE_REASONS = ("INVALID", "NOT_FOUND", "UNAVAILABLE", "OVERLOAD", "TIMEOUT", "REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -79,6 +87,11 @@ class Metrics:
         )
         self.responses = Counter("deepserve_response_count", "Responses sent by decoupled models", labels, registry=r)
         self.images = Counter("deepserve_generated_images", "Final images of generation models", labels, registry=r)
+        self.audio_s = Counter("deepserve_audio_seconds", "Seconds of audio transcribed", labels, registry=r)
+        self.rtf = Histogram("deepserve_transcription_real_time_factor", "Wall time of a transcription / its audio "
+                             "duration", labels, buckets=RTF_BUCKETS, registry=r)
+        self.chunks = Histogram("deepserve_transcription_chunks", "Chunks a recording was cut into", labels,
+                                buckets=BATCH_BUCKETS, registry=r)
         self.step_s = Histogram(
             "deepserve_ensemble_step_duration_seconds", "Time of one step within an ensemble request", (*labels, "step"),
             buckets=LATENCY_BUCKETS_S, registry=r,
@@ -96,7 +109,8 @@ class Metrics:
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's series when it is unloaded."""
         for metric in (self.success, self.inferences, self.executions, self.request_s, self.queue_s,
-                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.resident, self.responses, self.images):
+                       self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.resident, self.responses, self.images,
+                       self.audio_s, self.rtf, self.chunks):
             try:
                 metric.remove(name, version)
             except KeyError:
@@ -130,6 +144,9 @@ class ModelMetrics:
         self.resident = m.resident.labels(name, version)
         self.responses = m.responses.labels(name, version)
         self.images = m.images.labels(name, version)
+        self.audio_s = m.audio_s.labels(name, version)
+        self.rtf = m.rtf.labels(name, version)
+        self.chunks = m.chunks.labels(name, version)
 
     def step(self, step: str):
         labels = (*self._labels, step)

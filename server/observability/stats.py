@@ -155,6 +155,13 @@ class ModelTelemetry:
     def image_generated(self) -> None:
         self.metrics.images.inc()
 
+    # TranscriptionObserver
+    def transcribed(self, audio_seconds: float, wall_seconds: float, chunks: int) -> None:
+        self.metrics.audio_s.inc(audio_seconds)
+        if audio_seconds > 0:
+            self.metrics.rtf.observe(wall_seconds / audio_seconds)
+        self.metrics.chunks.observe(chunks)
+
     # EnsembleObserver
     def step_done(self, step: str, duration_s: float) -> None:
         self.metrics.step(step).observe(duration_s)

@@ -1,5 +1,5 @@
 """CTC decoding for speech models: network output in, words with times and confidences out,
-then chunks stitched together and grouped into subtitle segments.
+then grouped into subtitle segments.
 
 One chunk's network output is ``(frames, len(alphabet))`` logits or log-probabilities;
 ``alphabet[0]`` is the CTC blank (any placeholder character) and ``" "`` separates words.
@@ -317,25 +317,6 @@ def _align(lp: np.ndarray, labels: list[int]) -> np.ndarray:
 
 
 # --- chunks, segments, subtitles ---------------------------------------------------------------
-
-
-def stitch(parts: Sequence[tuple[float, float, Decoded]]) -> Decoded:
-    """One transcript from chunks in order: ``(chunk start s, chunk end s, decoded)`` with
-    absolute times. Where two chunks overlap, each keeps only the words whose midpoint is on
-    its side of the overlap's middle, so a word in both is kept once. A word starting before
-    the previous one ends is moved to start there, so times never go backwards."""
-    words: list[Word] = []
-    for i, (start, end, decoded) in enumerate(parts):
-        if end < start or (i and start < parts[i - 1][0]):
-            raise ValueError("stitch takes chunks in order, each with start <= end")
-        low = (start + parts[i - 1][1]) / 2 if i and start < parts[i - 1][1] else -np.inf
-        high = (parts[i + 1][0] + end) / 2 if i + 1 < len(parts) and parts[i + 1][0] < end else np.inf
-        for w in decoded.words:
-            if low <= (w.start + w.end) / 2 < high:
-                if words and w.start < words[-1].end:
-                    w = Word(w.text, words[-1].end, max(w.end, words[-1].end), w.confidence)
-                words.append(w)
-    return Decoded(" ".join(w.text for w in words), tuple(words))
 
 
 @dataclass(frozen=True)

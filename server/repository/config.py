@@ -115,6 +115,29 @@ def complete_config(
     return out
 
 
+def complete_io(config: ModelConfig, name: str, inputs: list, outputs: list, owner: str) -> ModelConfig:
+    """A copy of ``config`` named ``name`` whose tensors are the canonical ``inputs`` /
+    ``outputs`` (``mc.ModelInput`` / ``mc.ModelOutput``) of a model whose scheduler fixes
+    them: filled in when the config leaves them out, checked when it declares them."""
+    out = ModelConfig()
+    out.CopyFrom(config)
+    out.name = name
+    if not out.input:
+        out.input.extend(inputs)
+    if not out.output:
+        out.output.extend(outputs)
+    for declared, canonical, what in ((out.input, inputs, "input"), (out.output, outputs, "output")):
+        known = {t.name: t for t in canonical}
+        for tensor in declared:
+            want = known.get(tensor.name)
+            if want is None:
+                raise InvalidInput(f"config {what} '{tensor.name}' is not one {owner} knows ({sorted(known)})")
+            if tensor.data_type != want.data_type or list(tensor.dims) != list(want.dims):
+                raise InvalidInput(f"config {what} '{tensor.name}' must be {config_to_wire(mc.DataType.Name(want.data_type))} "
+                                   f"with dims {list(want.dims)}")
+    return out
+
+
 def datatype_enum(datatype: str) -> int:
     """A wire datatype (``FP32``) as the config's ``DataType`` enum value (``TYPE_FP32``)."""
     return mc.DataType.Value(wire_to_config(datatype))

@@ -233,9 +233,9 @@ def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
 
 def select_versions(model_dir: Path, config: ModelConfig | None) -> list[str]:
     """Numeric version folders chosen by ``version_policy`` (default: the latest one).
-    An ensemble without a version folder is version 1."""
+    An ensemble (or a transcription model: no file of its own) without a version folder is version 1."""
     available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
-    if not available and is_ensemble(config):
+    if not available and (is_ensemble(config) or (config is not None and config.backend == "transcription")):
         return ["1"]
     if not available:
         raise InvalidInput(f"model folder {model_dir.name} has no numeric version folder (e.g. {model_dir.name}/1/)")
@@ -258,7 +258,9 @@ def check_wiring(ensemble: LoadedModel, get) -> None:
     """Each step's maps name real tensors of its step model, every required step input is
     fed, and no step is decoupled. ``get(name, version)`` returns a loaded model."""
     scheduler = ensemble.scheduler
-    assert isinstance(scheduler, EnsembleScheduler)
+    if not isinstance(scheduler, EnsembleScheduler):  # a scheduler with steps of its own (transcription)
+        scheduler.check_steps(get)
+        return
     for step in scheduler.plan.steps:
         target: LoadedModel = get(step.model, step.version)
         where = f"ensemble '{ensemble.name}' step '{step.model}'"

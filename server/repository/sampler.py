@@ -25,11 +25,10 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from server import runtimes
-from server.core.datatypes import config_to_wire
 from server.core.errors import InvalidInput
 from server.observability.stats import ModelTelemetry
 from server.pipelines.ddim import NoiseSchedule
-from server.repository.config import ModelConfig, datatype_enum, parameters, tensor_specs
+from server.repository.config import ModelConfig, complete_io, datatype_enum, parameters, tensor_specs
 from server.repository.loaded import LoadedModel
 from server.repository.model import LoadOptions, find_kind, instance_devices, model_file, runtime_options
 from server.runtimes.base import Signature
@@ -102,27 +101,12 @@ def _sampler_config(config: ModelConfig, signature: Signature, policy) -> Sample
 def _complete(config: ModelConfig, name: str, kind, image_shape: tuple[int, ...]) -> ModelConfig:
     """The request-facing tensors: filled in when the config leaves them out, checked when
     it declares them."""
-    out = ModelConfig()
-    out.CopyFrom(config)
-    out.name = name
-    out.platform = out.platform or kind.platform
-    out.backend = out.backend or kind.backend
     canonical_in = [mc.ModelInput(name=n, data_type=datatype_enum(d), dims=[1], optional=n != "label") for n, d in REQUEST_INPUTS.items()]
     canonical_out = [mc.ModelOutput(name="image", data_type=datatype_enum("FP32"), dims=list(image_shape)),
                      mc.ModelOutput(name="step", data_type=datatype_enum("INT32"), dims=[1])]
-    if not out.input:
-        out.input.extend(canonical_in)
-    if not out.output:
-        out.output.extend(canonical_out)
-    for declared, canonical, what in ((out.input, canonical_in, "input"), (out.output, canonical_out, "output")):
-        known = {t.name: t for t in canonical}
-        for tensor in declared:
-            want = known.get(tensor.name)
-            if want is None:
-                raise InvalidInput(f"config {what} '{tensor.name}' is not one the sampler knows ({sorted(known)})")
-            if tensor.data_type != want.data_type or list(tensor.dims) != list(want.dims):
-                raise InvalidInput(f"config {what} '{tensor.name}' must be {config_to_wire(mc.DataType.Name(want.data_type))} "
-                                   f"with dims {list(want.dims)}")
+    out = complete_io(config, name, canonical_in, canonical_out, "the sampler")
+    out.platform = out.platform or kind.platform
+    out.backend = out.backend or kind.backend
     if "label" not in {t.name for t in out.input}:
         raise InvalidInput("config input 'label' is required: it is the class to draw")
     return out
