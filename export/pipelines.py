@@ -10,6 +10,7 @@ that chains them, written as plain Triton configs (``config.pbtxt``).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,11 +213,11 @@ def diffusion_entry(name: str, schedule: dict[str, str], *, default_steps: int =
     )
 
 
-def write_transcription(repo: Path, name: str, network: str, alphabet: str, vocabulary: Path | None = None,
+def write_transcription(repo: Path, name: str, network: str, alphabet: str, vocabulary: Sequence[str] | None = None,
                         decoupled: bool = False, parameters: dict[str, str] | None = None) -> Path:
     """``name`` (task transcription, ``server.repository.transcriber``): audio file bytes ->
     text over the acoustic model ``network``; decoupled, it streams one response per chunk.
-    ``vocabulary`` (one word per line) is copied beside the config for beam search."""
+    ``vocabulary`` (the words beam search keeps to) is written beside the config."""
     values = {"task": "transcription", "network": network, "alphabet": alphabet, **(parameters or {})}
     if vocabulary is not None:
         values["vocabulary"] = "vocabulary.txt"
@@ -230,5 +231,5 @@ max_batch_size: 0
 ]
 """)
     if vocabulary is not None:
-        (folder / "vocabulary.txt").write_text(vocabulary.read_text())
+        (folder / "vocabulary.txt").write_text("".join(f"{w}\n" for w in vocabulary))
     return folder

@@ -142,7 +142,6 @@ async def _form(request: Request) -> tuple[bytes, dict[str, list[str]]]:
     for key, value in form.multi_items():
         if isinstance(value, str):
             fields.setdefault(key, []).append(value)
-    fields.setdefault("file", [])
     return data, fields
 
 
