@@ -166,6 +166,31 @@ def speedup_sentence(v: dict) -> str:
             f"{_f(v['needed_throughput'], 1)} audio-s/s at {v['top']} streams).")
 
 
+def quiet_rounds(results: dict, max_others: float = 0.5) -> dict | None:
+    """The verdict figures from the rounds whose 1-stream and top phases each saw at most
+    ``max_others`` cores of other load: medians of those rounds. None when none was quiet."""
+    top = str(top_level(results))
+    rounds = results.get("rounds") or []
+    quiet = [r for r in rounds if all(r["phases"][lv].get("others_cores", 1e9) <= max_others for lv in ("1", top))]
+    if not quiet:
+        return None
+    t1 = _median(throughput(r["phases"]["1"]) for r in quiet)
+    tt = _median(throughput(r["phases"][top]) for r in quiet)
+    return {"max_others": max_others, "rounds": len(quiet), "of": len(rounds), "top": int(top),
+            "rtf": _median(p50_rtf(r["phases"]["1"]) for r in quiet), "throughput_1": t1, "throughput_top": tt,
+            "speedup": _div(tt, t1), "server_cores_1": _median(r["phases"]["1"].get("server_cores") for r in quiet)}
+
+
+def quiet_sentence(results: dict) -> str:
+    q = quiet_rounds(results)
+    if q is None:
+        return "No round's 1-stream and top phases both ran with at most 0.5 cores of other load."
+    return (f"In the {q['rounds']} of {q['of']} rounds whose 1-stream and {q['top']}-stream phases saw at most "
+            f"{q['max_others']:g} cores of other load: p50 RTF at 1 stream {_f(q['rtf'], 4)}, "
+            f"{_f(q['throughput_top'], 1)} / {_f(q['throughput_1'], 1)} audio-s/s = {_x(q['speedup'])} (the server "
+            f"already kept {_f(q['server_cores_1'], 2)} cores busy at 1 stream); medians of those rounds.")
+
+
 def cpu_sentence(results: dict) -> str | None:
     """The speedup as (server cores busy) x (audio seconds per server CPU second), both
     ratios of the same medians, so their product is the speedup exactly."""
@@ -185,6 +210,7 @@ def cpu_sentence(results: dict) -> str | None:
 def headline(results: dict) -> list[str]:
     """One or two Markdown bullets for docs/benchmarks.md, from the results alone."""
     v = verdicts(results)
+    q = quiet_rounds(results)
     t = stage_table(results, v["top"])
     shares = sorted(((s, t["stages"][s]["share"]) for s in STAGES if t["stages"][s]["share"]), key=lambda kv: -kv[1])
     where = ", ".join(f"{s} {_pct(share)}" for s, share in shares[:3])
@@ -192,7 +218,9 @@ def headline(results: dict) -> list[str]:
         f"* Transcription (`{MODEL}`, long recordings, {results.get('date_utc', 'n/a')}): "
         f"RTF {_f(v['rtf'], 4)} at 1 stream (target <= {v['rtf_target']:g}: {'MET' if v['rtf_met'] else 'MISSED'}); "
         f"{_f(v['throughput_top'], 1)} vs {_f(v['throughput_1'], 1)} audio-s/s at {v['top']} vs 1 stream = "
-        f"{_x(v['speedup'])} (target >= {v['speedup_target']:g}x: {'MET' if v['speedup_met'] else 'MISSED'}).",
+        f"{_x(v['speedup'])} (target >= {v['speedup_target']:g}x: {'MET' if v['speedup_met'] else 'MISSED'})"
+        + ("" if q is None else f"; in the {q['rounds']} of {q['of']} rounds with <= {q['max_others']:g} cores of other load: RTF {_f(q['rtf'], 4)}, "
+           f"{_x(q['speedup'])}") + ".",
         f"* Where the time goes at {v['top']} streams (share of server stage time): {where or 'n/a'}; the network "
         f"ran {_f(level_summary(results, v['top'])['mean_batch'], 2)} chunks per batch. "
         "Details: [benchmarks-transcription.md](benchmarks-transcription.md).",
@@ -363,6 +391,8 @@ def render(results: dict) -> str:
         lines.append(f"* Where the time goes at {top} streams: " + ", ".join(f"{s} {_pct(sh)}" for s, sh in shares)
                      + f" of server stage time; in the network, {_pct(t['queue_share'])} of queue + compute was "
                      f"queueing; mean batch {_f(level_summary(results, top)['mean_batch'], 2)} chunks.")
+    if results.get("rounds"):
+        lines.append(f"* {quiet_sentence(results)}")
     why = cpu_sentence(results)
     if why:
         lines.append(f"* {why}")

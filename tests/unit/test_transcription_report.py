@@ -131,6 +131,22 @@ def test_headline_is_two_bullets_with_the_verdicts():
     assert "network 60.0%, features 20.0%, decode 10.0%" in lines[1] and "5.00 chunks per batch" in lines[1]
 
 
+def test_quiet_rounds_keep_only_rounds_without_other_load():
+    results = copy.deepcopy(RESULTS)
+    results["rounds"][1]["phases"]["8"]["others_cores"] = 0.9
+    q = tr.quiet_rounds(results)
+    assert (q["rounds"], q["of"], q["throughput_1"], q["throughput_top"], q["rtf"]) == (1, 2, 30.0, 100.0, 0.035)
+    page = tr.render(results)
+    assert ("In the 1 of 2 rounds whose 1-stream and 8-stream phases saw at most 0.5 cores of other load: p50 RTF at "
+            "1 stream 0.0350, 100.0 / 30.0 audio-s/s = 3.33x") in page
+    assert "in the 1 of 2 rounds with <= 0.5 cores of other load: RTF 0.0350, 3.33x." in tr.headline(results)[0]
+    for r in results["rounds"]:
+        r["phases"]["1"]["others_cores"] = 1.0
+    assert tr.quiet_rounds(results) is None
+    assert "No round's 1-stream and top phases both ran with at most 0.5 cores" in tr.render(results)
+    assert tr.headline(results)[0].endswith("(target >= 3x: MET).")
+
+
 def test_missing_figures_render_as_na_not_a_crash():
     results = copy.deepcopy(RESULTS)
     for r in results["rounds"]:
