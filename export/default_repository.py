@@ -22,6 +22,7 @@ from export.pipelines import (
     write_classify_pipeline,
     write_detect_pipeline,
     write_latent_generator,
+    write_transcription,
 )
 from export.repository import (
     FINGERPRINT_KEY,
@@ -91,7 +92,8 @@ def build_default_repository(dest: Path, *, force: bool = False) -> None:
     ``digits_classify``: the ensemble /v1/classify calls (any image of a digit -> top-k);
     ``shapes``: the shapes detector, fp32 ONNX; ``shapes_detect``: the ensemble /v1/detect calls;
     ``digits_vae`` (generate.latent -> ``digits_vae_decoder``) and ``digits_vae_encoder``;
-    ``digits_diffusion``: the U-Net behind the step-level DDIM sampler."""
+    ``digits_diffusion``: the U-Net behind the step-level DDIM sampler; ``speech_ctc`` (the
+    recognizer) behind ``speech`` and ``speech_stream`` (transcription, /v1/audio/transcriptions)."""
     from models import shapes_detector
 
     dest = Path(dest)
@@ -104,6 +106,26 @@ def build_default_repository(dest: Path, *, force: bool = False) -> None:
     export_family_entry(dest, shapes, "shapes", force=force)
     write_detect_pipeline(dest, "shapes_detect", "shapes", shapes.spec.inputs[0].shape[-1], shapes_detector.LABELS)
     build_generative_entries(dest, force=force)
+    build_speech_entries(dest, force=force)
+
+
+def build_speech_entries(dest: Path, *, force: bool = False) -> None:
+    """The CTC recognizer (fp32 ONNX, dynamically batched: chunks of every request share
+    batches) and the transcription models over it: ``speech`` answers once, ``speech_stream``
+    (decoupled) once per chunk. They decode with beam search over the recognizer's vocabulary
+    (``beam_width`` 0 in a request asks for greedy decoding)."""
+    from models import speech_ctc, speech_text
+    from models.eval_speech import BEAM_WIDTH
+
+    family = get_family("speech_ctc")
+    entry = replace(_entry_for(family, "speech_ctc", batching=True),
+                    dynamic_batching=DynamicBatching(family.preferred_batch_size, 2000))
+    export_family_entry(dest, family, "speech_ctc", entry=entry, force=force)
+    vocabulary = speech_text.lexicon(speech_text.load_vocab())  # the words, the digits' names, the letters
+    decoder = {"beam_width": str(BEAM_WIDTH)}  # what models/results/speech_ctc.json's "beam" figures measure
+    write_transcription(dest, "speech", "speech_ctc", speech_ctc.ALPHABET, vocabulary, parameters=decoder)
+    write_transcription(dest, "speech_stream", "speech_ctc", speech_ctc.ALPHABET, vocabulary, decoupled=True,
+                        parameters=decoder)
 
 
 def build_generative_entries(dest: Path, *, force: bool = False) -> None:

@@ -337,7 +337,68 @@ def _speech_family() -> Family:
         exporter="torchscript",  # torch 2.13's dynamo exporter cannot decompose a multi-layer bidirectional GRU
     )
     return Family("speech_ctc", spec, _speech_build, speech_ctc.WEIGHTS, max_batch_size=32,
-                  preferred_batch_size=(8, 16))
+                  preferred_batch_size=(8, 16), metric=_speech_metric(), calibration=_speech_calibration)
+
+
+def _speech_calibration() -> dict[str, np.ndarray]:
+    """64 validation utterances (never the evaluation ones), features padded with silence."""
+    from models.speech_data import build_set, pad_features, plan_split
+    from models.speech_text import load_vocab
+    from server.pipelines.audio_features import log_mel
+
+    audio = build_set(plan_split("val", 64, load_vocab()))
+    return {"features": pad_features([log_mel(audio.samples(i)) for i in range(len(audio))])}
+
+
+SPEECH_EVAL_UTTERANCES = 200
+
+
+@cache
+def _speech_eval() -> tuple[list[np.ndarray], list[str]]:
+    """Held-out sentences in the training voices (``models.speech_data``'s test_seen split,
+    the first 200, clean), synthesized with espeak-ng once and cached: (features, references)."""
+    from models.speech_data import build_set, plan_split
+    from models.speech_text import load_vocab
+    from server.pipelines.audio_features import log_mel
+
+    words = load_vocab()
+    seen = frozenset(u.transcript for u in plan_split("train", 20000, words))
+    audio = build_set(plan_split("test_seen", SPEECH_EVAL_UTTERANCES, words, seen))
+    return [log_mel(audio.samples(i)) for i in range(len(audio))], [u.transcript for u in audio.utterances]
+
+
+def _speech_predict(run: Runner) -> list[str]:
+    """Greedy transcripts of the evaluation utterances through ``run``, batches of 16."""
+    from models import speech_ctc
+    from models.speech_data import pad_features
+
+    feats, _ = _speech_eval()
+    out = [""] * len(feats)
+    order = np.argsort([len(f) for f in feats])
+    for start in range(0, len(order), 16):
+        idx = order[start : start + 16]
+        log_probs = run({"features": pad_features([feats[i] for i in idx])})[0]
+        for row, i in enumerate(idx):
+            frames = speech_ctc.output_frames(len(feats[i]))
+            out[i] = speech_ctc.greedy_decode(np.asarray(log_probs[row, :frames]))
+    return out
+
+
+def _word_accuracy(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    return 1.0 - jiwer.wer(refs, [h or "<empty>" for h in hyps])
+
+
+def _speech_metric() -> TaskMetric:
+    return TaskMetric(
+        name="word accuracy", predict=_speech_predict,
+        score=lambda hyps: _word_accuracy(_speech_eval()[1], hyps), samples=SPEECH_EVAL_UTTERANCES,
+        agreement=_word_accuracy, agreement_name="word agreement with fp32",
+        description=(f"1 - WER (jiwer) of greedy transcripts of {SPEECH_EVAL_UTTERANCES} held-out sentences in the "
+                     "training voices, synthesized by espeak-ng; agreement = 1 - WER of the variant's transcripts "
+                     "against fp32's"),
+    )
 
 
 # -- benchmark networks (untrained, seeded) ---------------------------------------------

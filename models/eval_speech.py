@@ -36,18 +36,29 @@ def set_features(audio: AudioSet, augmented: bool, seed: int = EVAL_SEED) -> lis
     return feats
 
 
+BEAM_WIDTH = 16  # the served default (export/default_repository.py)
+
+
 @torch.no_grad()
-def transcribe(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size: int = 32) -> list[str]:
-    """Greedy transcripts; batches of similar length, padded with ``FEATURE_FLOOR``."""
+def transcribe(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size: int = 32,
+               vocabulary: frozenset[str] | None = None) -> tuple[list[str], list[str]]:
+    """Greedy transcripts, and (with ``vocabulary``) the server's beam search over it
+    (``server.pipelines.ctc.beam_decode``); batches of similar length, padded with ``FEATURE_FLOOR``."""
+    from server.pipelines.ctc import beam_decode
+
     model.eval()
     order = np.argsort([len(f) for f in feats])
-    out = [""] * len(feats)
+    greedy, beam = [""] * len(feats), [""] * len(feats)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         log_probs = model(torch.from_numpy(pad_features([feats[i] for i in idx])))  # (B, T', n_chars)
         for j, i in enumerate(idx):
-            out[i] = speech_ctc.greedy_decode(log_probs[j])
-    return out
+            greedy[i] = speech_ctc.greedy_decode(log_probs[j])
+            if vocabulary is not None:
+                frames = log_probs[j, : speech_ctc.output_frames(len(feats[i]))].numpy()
+                beam[i] = beam_decode(frames, speech_ctc.ALPHABET, 0.03, beam_width=BEAM_WIDTH,
+                                      vocabulary=vocabulary).text
+    return greedy, beam
 
 
 def snap_to_lexicon(text: str, words: list[str]) -> str:
@@ -66,13 +77,14 @@ def scores(refs: list[str], hyps: list[str]) -> dict[str, float]:
 
 def evaluate_set(model: speech_ctc.SpeechCTC, audio: AudioSet, words: list[str], augmented: bool) -> dict:
     refs = [u.transcript for u in audio.utterances]
-    hyps = transcribe(model, set_features(audio, augmented))
+    hyps, beam = transcribe(model, set_features(audio, augmented), vocabulary=frozenset(words))
     snapped = [snap_to_lexicon(h, words) for h in hyps]
     examples = [
         {"ref": r, "greedy": h, "voice": u.voice}
         for r, h, u in list(zip(refs, hyps, audio.utterances, strict=True))[:5]
     ]
-    return {"n": len(refs), "greedy": scores(refs, hyps), "corrected": scores(refs, snapped), "examples": examples}
+    return {"n": len(refs), "greedy": scores(refs, hyps), "corrected": scores(refs, snapped),
+            "beam": scores(refs, beam), "examples": examples}
 
 
 def main(
@@ -92,14 +104,16 @@ def main(
         for augmented in (True, False):
             key = f"{name}_{'augmented' if augmented else 'clean'}"
             evaluation[key] = evaluate_set(model, splits[name], words, augmented)
-            print(key, evaluation[key]["greedy"], "corrected", evaluation[key]["corrected"], flush=True)
+            print(key, evaluation[key]["greedy"], "corrected", evaluation[key]["corrected"], "beam",
+                  evaluation[key]["beam"], flush=True)
     results = json.loads(out.read_text()) if out.exists() else {}
     results["evaluation"] = {
         "command": f"python -m models.eval_speech --seed {seed} --out {out}",
         "weights": str(weights),
         "wall_s": round(time.monotonic() - start, 1),
         "decoding": "greedy CTC (argmax, collapse, drop blanks); corrected = each word snapped to the nearest "
-        "lexicon word by Levenshtein distance",
+        f"lexicon word by Levenshtein distance; beam = the server's prefix beam search (width {BEAM_WIDTH}) over "
+        "the lexicon (server.pipelines.ctc.beam_decode), the served default",
         "augmentation": f"test audio augmented like training, numpy seed [{EVAL_SEED}, index]; clean = none",
         **evaluation,
     }

@@ -94,7 +94,7 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
 
 
 def validate(model: speech_ctc.SpeechCTC, val_feats: list[np.ndarray], val: AudioSet) -> dict[str, float]:
-    hyps = transcribe(model, val_feats)
+    hyps, _ = transcribe(model, val_feats)
     return scores([u.transcript for u in val.utterances], hyps)
 
 
@@ -160,6 +160,7 @@ def main(
     steps: Annotated[int, "fixed step count (overrides the time-fitted schedule)"] = 0,
     n_train: Annotated[int, "training utterances"] = TrainConfig.n_train,
     results: Annotated[Path, "results JSON: the training section"] = RESULTS,
+    init: Annotated[Path | None, "continue from these weights (the previous run's record is kept)"] = None,
 ) -> None:
     torch.set_num_threads(1)  # the other core builds batches; 2 threads stall badly when a core is shared
     torch.manual_seed(seed)
@@ -169,11 +170,14 @@ def main(
     synth_s = time.monotonic() - t0
     sizes = {k: {"utterances": len(v), "hours": round(v.seconds() / 3600, 2)} for k, v in splits.items()}
     print(f"data ready in {synth_s:.0f}s: {sizes}", flush=True)
-    model = speech_ctc.SpeechCTC()
+    model = speech_ctc.load(init) if init is not None else speech_ctc.SpeechCTC()
+    previous = json.loads(results.read_text()).get("training") if init is not None and results.exists() else None
     summary = train(model, splits, config, minutes, steps or None, out)
     n_params = sum(p.numel() for p in model.parameters())
     record = {
-        "command": f"python -m models.train_speech --seed {seed} --minutes {minutes:g} --out {out}",
+        "command": (f"python -m models.train_speech --seed {seed} --minutes {minutes:g} --out {out}"
+                    + (f" --init {init}" if init is not None else "")),
+        "continued_from": previous,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "seed": seed,
         "torch": torch.__version__,

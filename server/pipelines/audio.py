@@ -177,13 +177,14 @@ class ChunkPolicy:
     overlap_seconds: float = 1.0  # a hard cut (no pause) starts the next chunk this much earlier
     frame_seconds: float = 0.02
     padding_seconds: float = 0.3  # silence kept before and after speech
+    join_seconds: float = 0.8  # runs further apart than this are never packed into one chunk
 
     def __post_init__(self) -> None:
         if not 0 < self.frame_seconds <= self.min_silence_seconds:
             raise ValueError("ChunkPolicy: need 0 < frame_seconds <= min_silence_seconds")
         if not 0 <= self.overlap_seconds < self.max_seconds:
             raise ValueError("ChunkPolicy: need 0 <= overlap_seconds < max_seconds")
-        if self.padding_seconds < 0 or self.silence_db > 0:
+        if self.padding_seconds < 0 or self.silence_db > 0 or self.join_seconds < 0:
             raise ValueError("ChunkPolicy: need padding_seconds >= 0 and silence_db <= 0")
 
 
@@ -199,7 +200,9 @@ def split_chunks(samples: np.ndarray, rate: int = 16000, policy: ChunkPolicy = C
     - A recording no longer than ``max_seconds`` with any speech is one chunk, all of it.
     - Silence only (or empty) gives ``[]``: there is nothing to transcribe.
     - Speech runs separated by pauses shorter than ``min_silence_seconds`` are one run.
-      Runs are packed greedily into a chunk while it stays within ``max_seconds``; the cut
+      Runs are packed greedily into a chunk while it stays within ``max_seconds`` and the
+      pause before the next run is at most ``join_seconds`` (so the network is not fed long
+      silences, where an acoustic model may hallucinate characters); the cut
       between two chunks is the middle sample of the pause (or ``padding_seconds`` after /
       before the speech, where the pause is longer than twice the padding).
     - A run longer than ``max_seconds`` is cut hard every ``max_seconds``, each next chunk
@@ -221,7 +224,7 @@ def split_chunks(samples: np.ndarray, rate: int = 16000, policy: ChunkPolicy = C
         left = 0 if i == 0 else (runs[i - 1][1] + s) // 2
         right = n if i == len(runs) - 1 else (e + runs[i + 1][0]) // 2
         bounds.append((max(s - pad, left), min(e + pad, right)))
-    return _pack(bounds, max_len, int(policy.overlap_seconds * rate))
+    return _pack(bounds, runs, max_len, int(policy.overlap_seconds * rate), int(policy.join_seconds * rate))
 
 
 def _speech_runs(samples: np.ndarray, rate: int, policy: ChunkPolicy) -> list[tuple[int, int]]:
@@ -250,8 +253,10 @@ def _speech_runs(samples: np.ndarray, rate: int, policy: ChunkPolicy) -> list[tu
     return [(int(s) * frame, min(int(e) * frame, n)) for s, e in zip(starts, ends, strict=True)]
 
 
-def _pack(bounds: list[tuple[int, int]], max_len: int, overlap: int) -> list[Chunk]:
-    """Greedy packing of padded runs into chunks of at most ``max_len`` samples."""
+def _pack(bounds: list[tuple[int, int]], runs: list[tuple[int, int]], max_len: int, overlap: int,
+          join: int) -> list[Chunk]:
+    """Greedy packing of padded runs into chunks of at most ``max_len`` samples, joining two
+    runs only when the pause between them is at most ``join`` samples."""
     chunks: list[Chunk] = []
     i, start = 0, bounds[0][0]
     while i < len(bounds):
@@ -260,7 +265,7 @@ def _pack(bounds: list[tuple[int, int]], max_len: int, overlap: int) -> list[Chu
             start += max_len - overlap
             continue
         j = i
-        while j + 1 < len(bounds) and bounds[j + 1][1] - start <= max_len:
+        while j + 1 < len(bounds) and bounds[j + 1][1] - start <= max_len and runs[j + 1][0] - runs[j][1] <= join:
             j += 1
         chunks.append(Chunk(start, bounds[j][1]))
         i = j + 1

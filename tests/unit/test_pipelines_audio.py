@@ -227,16 +227,23 @@ def test_cuts_fall_in_the_middle_of_pauses() -> None:
     samples = bursts(LAYOUT)
     # With padding longer than half of every pause, chunks meet at the pauses' middles:
     # pause 2 is [11.5 s, 12.3 s) = samples [184000, 196800), its middle 190400.
-    chunks = split_chunks(samples, RATE, ChunkPolicy(padding_seconds=10.0))
+    chunks = split_chunks(samples, RATE, ChunkPolicy(padding_seconds=10.0, join_seconds=2.0))
     assert chunks == [Chunk(0, 190400), Chunk(190400, len(samples))]
 
 
 def test_padding_keeps_that_much_silence_around_speech() -> None:
     samples = bursts(LAYOUT)
-    chunks = split_chunks(samples, RATE, ChunkPolicy(padding_seconds=0.3))
+    chunks = split_chunks(samples, RATE, ChunkPolicy(padding_seconds=0.3, join_seconds=2.0))
     # Speech: [8000, 72000), [88000, 184000), [196800, 308800); 0.3 s = 4800 samples of
     # padding, leading silence trimmed, the pause after the first burst kept (same chunk).
     assert chunks == [Chunk(8000 - 4800, 184000 + 4800), Chunk(196800 - 4800, 308800 + 3200)]
+
+
+def test_runs_further_apart_than_join_seconds_are_never_one_chunk() -> None:
+    samples = bursts(LAYOUT)
+    # Pauses of 1.0 s (> 0.8: a cut, the silence beyond the padding dropped) and 0.8 s (joined).
+    chunks = split_chunks(samples, RATE, ChunkPolicy(padding_seconds=0.3, join_seconds=0.8))
+    assert chunks == [Chunk(8000 - 4800, 72000 + 4800), Chunk(88000 - 4800, 308800 + 3200)]
 
 
 def test_a_pause_shorter_than_min_silence_is_no_cut_point() -> None:
@@ -275,7 +282,7 @@ def test_silence_is_relative_to_the_loudest_frame() -> None:
     # Pauses full of -45 dBFS noise are still pauses for speech at -9 dBFS (threshold -44 dB)...
     samples = bursts(LAYOUT)
     samples += np.random.default_rng(0).normal(0, 10 ** (-45 / 20), len(samples)).astype(np.float32)
-    policy = ChunkPolicy(padding_seconds=10.0)
+    policy = ChunkPolicy(padding_seconds=10.0, join_seconds=2.0)
     assert split_chunks(samples, RATE, policy) == [Chunk(0, 190400), Chunk(190400, len(samples))]
     # ...but not when the threshold is set far below the noise: then there are no pauses.
     deaf = ChunkPolicy(padding_seconds=10.0, silence_db=-55.0)
