@@ -308,6 +308,24 @@ def section_soak(results_dir: Path = Path(__file__).with_name("results")) -> lis
     ]
 
 
+def section_transcription(results_dir: Path = Path(__file__).with_name("results")) -> list[str]:
+    """The headline of the newest ``transcription-*.json`` (its own run)."""
+    from loadtests.transcription_report import headline
+
+    files = sorted(results_dir.glob("transcription-*.json"))
+    if not files:
+        return ["Not measured yet: `python -m loadtests.transcription_bench`."]
+    results = json.loads(files[-1].read_text())
+    return [
+        (f"`loadtests/transcription_bench.py`, a separate run (`{files[-1].name}`; method, every round and the "
+         "stage table in `docs/benchmarks-transcription.md`): long espeak-ng recordings through "
+         "`/v1/audio/transcriptions` at 1, 4 and 8 concurrent streams; targets RTF <= 0.05 at 1 stream and "
+         ">= 3x the 1-stream throughput at 8."),
+        "",
+        *headline(results),
+    ]
+
+
 def render(data: dict) -> str:
     fig = Figures(data)
     meta = data["meta"]
@@ -388,6 +406,10 @@ def render(data: dict) -> str:
         "## 8. Soak: 30 minutes of mixed traffic at 70 % of saturation",
         "",
         *section_soak(),
+        "",
+        "## 9. Transcription: real-time factor and batching across streams",
+        "",
+        *section_transcription(),
         "",
         "## Exact configurations",
         "",
