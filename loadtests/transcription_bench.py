@@ -357,12 +357,53 @@ def network_reference(model_dir: Path, recordings: list[Recording]) -> dict:
 # ---- the run --------------------------------------------------------------------------------------
 
 
+def long_and_short(recordings: list[Recording], minutes: float, cache: Path) -> tuple[Recording, Recording]:
+    """A recording of ``minutes`` (the long ones, repeated, as one FLAC) and a short one of
+    about 3 s (one sentence, another voice) for the fairness probe."""
+    import soundfile
+
+    from models.speech_data import voices
+    from models.speech_text import load_vocab
+
+    parts, total = [], 0.0
+    while total < minutes * 60:
+        samples, rate = soundfile.read(io.BytesIO(recordings[len(parts) % len(recordings)].data), dtype="float32")
+        parts.append(samples)
+        total += len(samples) / rate
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.concatenate(parts), rate, format="FLAC", subtype="PCM_16")
+    long = Recording(buffer.getvalue(), total, "", "several", 0)
+    short = synthesize(1000, 3.0, load_vocab(), voices(unseen=False))
+    return long, short
+
+
+async def fairness(client: Client, long: Recording, short: Recording, requests: int) -> dict:
+    """The short request's latency alone, then while the long one is being transcribed."""
+    alone, loaded = [], []
+    for _ in range(requests):
+        began = time.perf_counter()
+        await client.transcribe(short)
+        alone.append(time.perf_counter() - began)
+    long_task = asyncio.ensure_future(client.transcribe(long))
+    began_long = time.perf_counter()
+    await asyncio.sleep(1.0)  # the long request is decoded and its chunks are at the network
+    for _ in range(requests):
+        began = time.perf_counter()
+        await client.transcribe(short)
+        loaded.append(time.perf_counter() - began)
+    overlapped = not long_task.done()
+    await long_task
+    return {"short_s": short.seconds, "long_s": long.seconds, "alone_s": alone, "loaded_s": loaded,
+            "long_latency_s": time.perf_counter() - began_long, "all_short_inside_long": overlapped}
+
+
 def per_client(level: int, args: argparse.Namespace) -> int:
     """Requests per client: ``--requests`` at 1 stream, ``--per-client`` above."""
     return args.requests if level == 1 else args.per_client
 
 
-async def measure(base_url: str, server_pid: int, recordings: list[Recording], args: argparse.Namespace) -> dict:
+async def measure(base_url: str, server_pid: int, recordings: list[Recording], args: argparse.Namespace,
+                  probe: tuple[Recording, Recording] | None = None) -> dict:
     levels = sorted(set(args.levels) | {1})
     client = Client(base_url, max(levels) + 2)
     rounds: list[dict] = []
@@ -387,10 +428,11 @@ async def measure(base_url: str, server_pid: int, recordings: list[Recording], a
             row["seconds"] = wall
             row["others_cores"] = max(0.0, (busy_cpu_s() - busy0 - (tree_cpu_s(server_pid) + own_cpu_s() - ours0)) / wall)
             rounds.append(row)
+        fair = None if probe is None else await fairness(client, *probe, args.fairness_requests)
     finally:
         await client.close()
     measured = sum(r["seconds"] for r in rounds)
-    return {"rounds": rounds, "error_messages": errors, "quiet_wait": quiet, "measured_s": measured,
+    return {"rounds": rounds, "error_messages": errors, "quiet_wait": quiet, "measured_s": measured, "fairness": fair,
             "others_cores": sum(r["others_cores"] * r["seconds"] for r in rounds) / measured if measured else 0.0}
 
 
@@ -425,7 +467,8 @@ def run(args: argparse.Namespace) -> dict:
                                   "sentences": r.sentences, "words": len(r.transcript.split())} for r in recordings]
         extra = ("--max-request-bytes", str(MAX_REQUEST_BYTES))
         with fx.server_process(repo, extra_args=extra, timeout_s=300) as (server, _proc):
-            results.update(asyncio.run(measure(f"http://{server.http_url}", server.pid, recordings, args)))
+            probe = long_and_short(recordings, args.fairness_minutes, Path(tmp)) if args.fairness_minutes else None
+            results.update(asyncio.run(measure(f"http://{server.http_url}", server.pid, recordings, args, probe)))
             results["server_log"] = [line for line in server.log().splitlines() if line.strip()][-50:]
         if args.inprocess:
             results["inprocess"] = {"decode": decode_split(recordings),
@@ -454,6 +497,9 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=2, help="requests per client above 1 stream")
     parser.add_argument("--inprocess", type=int, default=4,
                         help="recordings for the in-process network reference (the decode split uses all); 0: skip both")
+    parser.add_argument("--fairness-minutes", type=float, default=10.0,
+                        help="the long recording of the fairness probe (0: skip the probe)")
+    parser.add_argument("--fairness-requests", type=int, default=5, help="short requests alone, then during the long one")
     add_output_arguments(parser, quiet_wait_s=60.0)
     args = parser.parse_args()
 

@@ -14,6 +14,7 @@ from loadtests.runinfo import quiet_wait_clause
 MODEL, NETWORK = "speech", "speech_ctc"
 TARGET_RTF = 0.05  # the issue's bar: p50 request RTF at 1 stream at most this
 TARGET_SPEEDUP = 3.0  # ... and audio-s/s at 8 streams at least this x that of 1 stream
+TARGET_FAIRNESS = 2.0  # a 3 s request during a 10 min one: at most about this x its latency alone
 LEVELS = (1, 4, 8)
 STAGES = ("decode", "split", "features", "network", "ctc")
 STAGE_MEANING = {
@@ -207,6 +208,20 @@ def cpu_sentence(results: dict) -> str | None:
             f"per CPU second = {_x(tt / t1)}.")
 
 
+def fairness_sentence(results: dict) -> str | None:
+    """The fairness probe: a short request's p50 latency during a long one vs alone."""
+    f = results.get("fairness")
+    if not f:
+        return None
+    alone, loaded = _median(f["alone_s"]), _median(f["loaded_s"])
+    ratio = _div(loaded, alone)
+    met = ratio is not None and ratio <= TARGET_FAIRNESS
+    inside = "" if f["all_short_inside_long"] else " (the long request had finished before the last short one: not a valid probe)"
+    return (f"Fairness: a {_f(f['short_s'])} s request took {_f(loaded, 3)} s (p50 of {len(f['loaded_s'])}) while a "
+            f"{_f(f['long_s'] / 60)} min recording was being transcribed, vs {_f(alone, 3)} s alone = {_x(ratio)} "
+            f"(target about {TARGET_FAIRNESS:g}x: {_word(met)}){inside}.")
+
+
 def headline(results: dict) -> list[str]:
     """One or two Markdown bullets for docs/benchmarks.md, from the results alone."""
     v = verdicts(results)
@@ -224,6 +239,7 @@ def headline(results: dict) -> list[str]:
         f"* Where the time goes at {v['top']} streams (share of server stage time): {where or 'n/a'}; the network "
         f"ran {_f(level_summary(results, v['top'])['mean_batch'], 2)} chunks per batch. "
         "Details: [benchmarks-transcription.md](benchmarks-transcription.md).",
+        *([f"* {fairness_sentence(results)}"] if fairness_sentence(results) else []),
     ]
 
 
@@ -396,6 +412,9 @@ def render(results: dict) -> str:
     why = cpu_sentence(results)
     if why:
         lines.append(f"* {why}")
+    fair = fairness_sentence(results)
+    if fair:
+        lines.append(f"* {fair}")
     lines += ["", *_method(results), "", "## Results", "", *section_phases(results), "",
               "## Where the time goes", "", *section_stages(results), "", *section_inprocess(results),
               "## Per round", "", *section_rounds(results), ""]

@@ -158,3 +158,17 @@ def test_missing_figures_render_as_na_not_a_crash():
     assert "RTF at 1 stream could not be computed" in page
     assert "the 8-stream speedup could not be computed" in page
     assert "MISSED" in tr.headline(results)[0]
+
+
+def test_the_fairness_probe_is_judged_against_twice_the_latency_alone():
+    results = copy.deepcopy(RESULTS)
+    results["fairness"] = {"short_s": 3.1, "long_s": 600.0, "alone_s": [0.10, 0.12, 0.11],
+                           "loaded_s": [0.2, 0.25, 0.21], "all_short_inside_long": True}
+    sentence = tr.fairness_sentence(results)
+    assert "0.210 s" in sentence and "0.110 s alone = 1.91x" in sentence and "MET" in sentence
+    assert sentence in tr.render(results) and tr.headline(results)[-1] == f"* {sentence}"
+    results["fairness"]["loaded_s"] = [0.5, 0.6, 0.4]
+    assert "4.55x" in tr.fairness_sentence(results) and "MISSED" in tr.fairness_sentence(results)
+    results["fairness"]["all_short_inside_long"] = False
+    assert "not a valid probe" in tr.fairness_sentence(results)
+    assert tr.fairness_sentence(RESULTS) is None
