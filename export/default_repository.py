@@ -115,14 +115,13 @@ def build_speech_entries(dest: Path, *, force: bool = False) -> None:
     (decoupled) once per chunk. They decode with beam search over the recognizer's vocabulary
     (``beam_width`` 0 in a request asks for greedy decoding)."""
     from models import speech_ctc, speech_text
-    from models.eval_speech import BEAM_WIDTH
 
     family = get_family("speech_ctc")
     entry = replace(_entry_for(family, "speech_ctc", batching=True),
                     dynamic_batching=DynamicBatching(family.preferred_batch_size, 2000))
     export_family_entry(dest, family, "speech_ctc", entry=entry, force=force)
     vocabulary = speech_text.lexicon(speech_text.load_vocab())  # the words, the digits' names, the letters
-    decoder = {"beam_width": str(BEAM_WIDTH)}  # what models/results/speech_ctc.json's "beam" figures measure
+    decoder = {"beam_width": str(speech_ctc.BEAM_WIDTH)}  # what models/results/speech_ctc.json's "beam" figures measure
     write_transcription(dest, "speech", "speech_ctc", speech_ctc.ALPHABET, vocabulary, parameters=decoder)
     write_transcription(dest, "speech_stream", "speech_ctc", speech_ctc.ALPHABET, vocabulary, decoupled=True,
                         parameters=decoder)

@@ -36,9 +36,6 @@ def set_features(audio: AudioSet, augmented: bool, seed: int = EVAL_SEED) -> lis
     return feats
 
 
-BEAM_WIDTH = 16  # the served default (export/default_repository.py)
-
-
 @torch.no_grad()
 def transcribe(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size: int = 32,
                vocabulary: frozenset[str] | None = None) -> tuple[list[str], list[str]]:
@@ -56,7 +53,7 @@ def transcribe(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size:
             greedy[i] = speech_ctc.greedy_decode(log_probs[j])
             if vocabulary is not None:
                 frames = log_probs[j, : speech_ctc.output_frames(len(feats[i]))].numpy()
-                beam[i] = beam_decode(frames, speech_ctc.ALPHABET, 0.03, beam_width=BEAM_WIDTH,
+                beam[i] = beam_decode(frames, speech_ctc.ALPHABET, 0.03, beam_width=speech_ctc.BEAM_WIDTH,
                                       vocabulary=vocabulary).text
     return greedy, beam
 
@@ -112,7 +109,7 @@ def main(
         "weights": str(weights),
         "wall_s": round(time.monotonic() - start, 1),
         "decoding": "greedy CTC (argmax, collapse, drop blanks); corrected = each word snapped to the nearest "
-        f"lexicon word by Levenshtein distance; beam = the server's prefix beam search (width {BEAM_WIDTH}) over "
+        f"lexicon word by Levenshtein distance; beam = the server's prefix beam search (width {speech_ctc.BEAM_WIDTH}) over "
         "the lexicon (server.pipelines.ctc.beam_decode), the served default",
         "augmentation": f"test audio augmented like training, numpy seed [{EVAL_SEED}, index]; clean = none",
         **evaluation,

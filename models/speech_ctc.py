@@ -29,6 +29,7 @@ from models import checkpoint
 WEIGHTS = Path(__file__).parent / "weights" / "speech_ctc.safetensors"
 BLANK = "_"
 ALPHABET = BLANK + " '" + "abcdefghijklmnopqrstuvwxyz"  # index 0 is the CTC blank
+BEAM_WIDTH = 16  # the served decoder's beam over the word list (the repository's default; evaluated by eval_speech)
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 
 
