@@ -461,6 +461,7 @@ def run(args: argparse.Namespace) -> dict:
             "weights": {"path": str(weights.relative_to(ROOT)),
                         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:12]} if weights.exists() else None,
             "client": "httpx " + _version("httpx") + ", asyncio",
+            "beam_width": _beam_width(repo / MODEL / "config.pbtxt"),
             "setup_s": {"synthesize": synth_s, "build_repository": build_s},
         }
         results["recordings"] = [{"seconds": r.seconds, "bytes": len(r.data), "voice": r.voice,
@@ -476,6 +477,14 @@ def run(args: argparse.Namespace) -> dict:
     results["total_s"] = time.perf_counter() - wall0
     note_edits(results, WATCHED)
     return results
+
+
+def _beam_width(config: Path) -> int:
+    """The served decoder: the transcription model's ``beam_width`` parameter (0: greedy)."""
+    import re
+
+    found = re.search(r'key: "beam_width" value: \{ string_value: "(\d+)" \}', config.read_text())
+    return int(found.group(1)) if found else 0
 
 
 def _version(package: str) -> str:

@@ -22,7 +22,7 @@ STAGE_MEANING = {
     "split": "energy VAD, cuts at pauses into chunks of at most 15 s",
     "features": "log-mel features of one chunk",
     "network": "one chunk through the network's dynamic batcher: queue wait + batched ONNX compute",
-    "ctc": "CTC decoding of one chunk (greedy), word timings",
+    "ctc": "CTC decoding of one chunk (the model's decoder), word timings",
 }
 REQUIREMENT = ("Real-time factor (processing time / audio duration) on this CPU, at 1 stream and at 8 concurrent "
                "streams of long audio. Target: RTF <= 0.05 at 1 stream. Aggregate throughput (audio seconds per "
@@ -368,7 +368,7 @@ def _method(results: dict) -> list[str]:
          f"{s.get('max_request_bytes', 0) // 2**20} MiB) serving the default repository's transcription entries "
          f"(`export.default_repository.build_speech_entries`): `{MODEL}` over `{NETWORK}` (ONNX, dynamic batching). "
          f"Each request is `POST {s.get('route', '?')}` (multipart `file`, `model` {MODEL}, `response_format` json; "
-         f"greedy decoding); client: {s.get('client', '?')}, one keep-alive connection per stream."),
+         f"{_decoder(s)}); client: {s.get('client', '?')}, one keep-alive connection per stream."),
         ("Phases: *n streams* = n clients, each sending its recordings back to back (closed loop); "
          + ", ".join(f"{_streams(lv)}: {n} requests" for lv, n in s.get("requests", {}).items())
          + f". Per round every level runs once, the order reversed every other round; {s.get('rounds', '?')} rounds."),
@@ -385,6 +385,13 @@ def _method(results: dict) -> list[str]:
         "",
         "Stages: " + "; ".join(f"**{k}** {v}" for k, v in STAGE_MEANING.items()) + ".",
     ]
+
+
+def _decoder(settings: dict) -> str:
+    beam = settings.get("beam_width")
+    if beam is None:
+        return "decoder not recorded"
+    return f"beam search over the word list, width {beam}" if beam else "greedy decoding"
 
 
 def render(results: dict) -> str:
