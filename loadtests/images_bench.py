@@ -52,6 +52,7 @@ from loadtests.runinfo import (
     add_output_arguments,
     finish,
     note_edits,
+    package_version,
     quantiles,
     record,
     stats_delta,
@@ -399,7 +400,7 @@ def run(args: argparse.Namespace) -> dict:
             "parameters": params,
             "model_sha256": _sha(repo / BATCHED / "1" / "model.onnx"),
             "weights": {"path": str(weights.relative_to(ROOT)), "sha256": _sha(weights)} if weights.exists() else None,
-            "client": "httpx " + _version("httpx") + ", asyncio",
+            "client": "httpx " + package_version("httpx") + ", asyncio",
             "setup_s": {"build_repository": build_s},
         }
         try:
@@ -411,15 +412,6 @@ def run(args: argparse.Namespace) -> dict:
     results["total_s"] = time.perf_counter() - wall0
     note_edits(results, WATCHED)
     return results
-
-
-def _version(package: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 def main() -> None:

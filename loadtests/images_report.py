@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from loadtests.runinfo import quiet_wait_clause
+from loadtests.runinfo import page_header
 
 TARGET = 4.0  # the issue's bar: step-level batching >= 4x one-at-a-time images/s at 16 concurrent
 BATCHED, SINGLE = "digits_diffusion", "digits_diffusion_single"
@@ -127,33 +127,14 @@ def section_rounds(results: dict) -> list[str]:
 
 def render(results: dict) -> str:
     """The Markdown page, from the results dict alone (``--from-json`` re-renders it)."""
-    s, m = results["settings"], results.get("machine", {})
+    s = results["settings"]
     h = headline(results)
     ip = results.get("inprocess") or {}
     checks = results.get("checks") or {}
-    lines = [
-        "# Image generation: step-level batched diffusion vs one at a time",
-        "",
-        "Written by `loadtests/images_bench.py` from its results file; a benchmark, not a test. Regenerate the "
-        "page without rerunning: `.venv/bin/python -m loadtests.images_bench --from-json "
-        f"{results.get('json_path', 'loadtests/results/images-<date>.json')} --out docs/benchmarks-images.md`.",
-        "",
-        f"* **Command:** `{results.get('command', 'n/a')}`",
-        f"* **Date:** {results.get('date_utc', 'n/a')}; **commit:** `{results.get('commit', 'n/a')}`"
-        + (f" (uncommitted changes in: {', '.join(results['dirty'])})" if results.get("dirty") else "")
-        + (f"; **edited by someone else while it ran:** {', '.join(results['dirty_after'])}"
-           if results.get("dirty_after") else ""),
-        f"* **Machine:** {m.get('cores', '?')} cores ({m.get('cpu', 'unknown CPU')}), CPU only, {m.get('platform', '')}; "
-        f"Python {m.get('python', '?')}. **The server and the load generator share the same {m.get('cores', '?')} "
-        "cores** (no pinning); the in-process reference runs in the load generator's process while the server idles.",
-    ]
-    if "others_cores" in results:
-        lines.append(f"* **Other load** on the machine during the measured phases: {results['others_cores']:.2f} cores "
-                     f"on average (busy CPU that is neither the server's nor the load generator's, `/proc/stat`)"
-                     f"{quiet_wait_clause(results)}")
-    if "total_s" in results:
-        lines.append(f"* **Run time:** {_f(results.get('total_s'), 0)} s in all ({_f(results.get('measured_s'), 0)} s "
-                     "measured; the rest is building the repository, starting the server, warm-up)")
+    lines = page_header(results, "Image generation: step-level batched diffusion vs one at a time", "images_bench",
+                        "docs/benchmarks-images.md",
+                        "; the in-process reference runs in the load generator's process while the server idles",
+                        "building the repository, starting the server, warm-up")
     lines += [
         "",
         "## The requirement",

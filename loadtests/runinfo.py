@@ -191,6 +191,46 @@ def quiet_wait_clause(results: dict) -> str:
             f"of {len(q)} rounds)")
 
 
+def package_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def page_header(results: dict, title: str, module: str, page: str, machine_note: str, rest: str) -> list[str]:
+    """A benchmark page's opening: title, how to regenerate it, command, date, commit, machine,
+    other load, run time. ``machine_note`` ends the machine line; ``rest`` says what the run
+    time beyond the measured phases went to."""
+    m = results.get("machine", {})
+    stem = page.rsplit("/", 1)[-1].removeprefix("benchmarks-").removesuffix(".md")
+    lines = [
+        f"# {title}",
+        "",
+        f"Written by `loadtests/{module}.py` from its results file; a benchmark, not a test. Regenerate the "
+        f"page without rerunning: `.venv/bin/python -m loadtests.{module} --from-json "
+        f"{results.get('json_path') or f'loadtests/results/{stem}-<date>.json'} --out {page}`.",
+        "",
+        f"* **Command:** `{results.get('command', 'n/a')}`",
+        f"* **Date:** {results.get('date_utc', 'n/a')}; **commit:** `{results.get('commit', 'n/a')}`"
+        + (f" (uncommitted changes in: {', '.join(results['dirty'])})" if results.get("dirty") else "")
+        + (f"; **edited by someone else while it ran:** {', '.join(results['dirty_after'])}"
+           if results.get("dirty_after") else ""),
+        f"* **Machine:** {m.get('cores', '?')} cores ({m.get('cpu', 'unknown CPU')}), CPU only, {m.get('platform', '')}; "
+        f"Python {m.get('python', '?')}. **The server and the load generator share the same {m.get('cores', '?')} "
+        f"cores** (no pinning){machine_note}.",
+    ]
+    if "others_cores" in results:
+        lines.append(f"* **Other load** on the machine during the measured phases: {results['others_cores']:.2f} cores "
+                     f"on average (busy CPU that is neither the server's nor the load generator's, `/proc/stat`)"
+                     f"{quiet_wait_clause(results)}")
+    if "total_s" in results:
+        total, measured = results.get("total_s"), results.get("measured_s")
+        lines.append(f"* **Run time:** {'n/a' if total is None else f'{total:.0f}'} s in all "
+                     f"({'n/a' if measured is None else f'{measured:.0f}'} s measured; the rest is {rest})")
+    return lines
+
+
 def finish(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict], render: Callable[[dict], str]) -> None:
     """Run (or, with ``--from-json``, re-read) the results, write ``--json``, render ``--out``."""
     if args.from_json:

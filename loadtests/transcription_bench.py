@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
-from loadtests.runinfo import Phase, add_output_arguments, finish, note_edits, record, wait_for_quiet
+from loadtests.runinfo import Phase, add_output_arguments, finish, note_edits, package_version, record, wait_for_quiet
 from loadtests.transcription_report import LEVELS, MODEL, NETWORK, STAGES, TARGET_RTF, TARGET_SPEEDUP, headline, render  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -460,7 +460,7 @@ def run(args: argparse.Namespace) -> dict:
             "model_sha256": hashlib.sha256((repo / NETWORK / "1" / "model.onnx").read_bytes()).hexdigest()[:12],
             "weights": {"path": str(weights.relative_to(ROOT)),
                         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:12]} if weights.exists() else None,
-            "client": "httpx " + _version("httpx") + ", asyncio",
+            "client": "httpx " + package_version("httpx") + ", asyncio",
             "beam_width": _beam_width(repo / MODEL / "config.pbtxt"),
             "setup_s": {"synthesize": synth_s, "build_repository": build_s},
         }
@@ -485,15 +485,6 @@ def _beam_width(config: Path) -> int:
 
     found = re.search(r'key: "beam_width" value: \{ string_value: "(\d+)" \}', config.read_text())
     return int(found.group(1)) if found else 0
-
-
-def _version(package: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 def main() -> None:

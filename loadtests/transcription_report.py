@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from loadtests.runinfo import quiet_wait_clause
+from loadtests.runinfo import page_header
 
 MODEL, NETWORK = "speech", "speech_ctc"
 TARGET_RTF = 0.05  # the bar: p50 request RTF at 1 stream at most this
@@ -323,32 +323,9 @@ def section_rounds(results: dict) -> list[str]:
 
 
 def _header(results: dict) -> list[str]:
-    m = results.get("machine", {})
-    lines = [
-        "# Transcription: real-time factor and throughput of long recordings",
-        "",
-        "Written by `loadtests/transcription_bench.py` from its results file; a benchmark, not a test. Regenerate "
-        "the page without rerunning: `.venv/bin/python -m loadtests.transcription_bench --from-json "
-        f"{results.get('json_path') or 'loadtests/results/transcription-<date>.json'} --out docs/benchmarks-transcription.md`.",
-        "",
-        f"* **Command:** `{results.get('command', 'n/a')}`",
-        f"* **Date:** {results.get('date_utc', 'n/a')}; **commit:** `{results.get('commit', 'n/a')}`"
-        + (f" (uncommitted changes in: {', '.join(results['dirty'])})" if results.get("dirty") else "")
-        + (f"; **edited by someone else while it ran:** {', '.join(results['dirty_after'])}"
-           if results.get("dirty_after") else ""),
-        f"* **Machine:** {m.get('cores', '?')} cores ({m.get('cpu', 'unknown CPU')}), CPU only, {m.get('platform', '')}; "
-        f"Python {m.get('python', '?')}. **The server and the load generator share the same {m.get('cores', '?')} "
-        "cores** (no pinning).",
-    ]
-    if "others_cores" in results:
-        lines.append(f"* **Other load** on the machine during the measured phases: {results['others_cores']:.2f} cores "
-                     f"on average (busy CPU that is neither the server's nor the load generator's, `/proc/stat`)"
-                     f"{quiet_wait_clause(results)}")
-    if "total_s" in results:
-        lines.append(f"* **Run time:** {_f(results.get('total_s'), 0)} s in all ({_f(results.get('measured_s'), 0)} s "
-                     "measured; the rest is synthesizing the recordings, exporting the network, starting the server, "
-                     "warm-up)")
-    return lines
+    return page_header(results, "Transcription: real-time factor and throughput of long recordings",
+                       "transcription_bench", "docs/benchmarks-transcription.md", "",
+                       "synthesizing the recordings, exporting the network, starting the server, warm-up")
 
 
 def _method(results: dict) -> list[str]:
