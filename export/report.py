@@ -91,7 +91,8 @@ def measure_rows(family: Family, artifacts: list[Artifact], threads: int | None 
     close_feed = closeness_inputs(family)
     pref = max(family.preferred_batch_size)
     runners = [runner_for(art, family, threads) for art in artifacts]
-    feeds = (family.spec.random_inputs({"batch": 1}, seed=5), family.spec.random_inputs({"batch": pref}, seed=6))
+    sizes = family.spec.trace_sizes  # other dynamic axes (a time axis) at their tracing sizes
+    feeds = (family.spec.random_inputs({**sizes, "batch": 1}, seed=5), family.spec.random_inputs({**sizes, "batch": pref}, seed=6))
     best = [[float("inf"), float("inf")] for _ in artifacts]
     for _ in range(rounds):
         for i, (run, _runtime) in enumerate(runners):
@@ -135,8 +136,9 @@ def to_markdown(family: Family, rows: list[Row], command: str) -> str:
         ("Max abs err, worst cosine and top-1 agreement: each variant against the fp32 torch network on "
          f"the same {'held-out' if family.held_out is not None else 'calibration'} inputs; "
          "parity is the variant's own check, with its bars, listed below."),
-        ("Latency is the median of single in-process calls (best of 5 interleaved rounds); "
-         f"throughput = {pref} / p50 at batch {pref}."),
+        ("Latency is the median of single in-process calls (best of 5 interleaved rounds) on random inputs"
+         + "".join(f", {axis} {size}" for axis, size in family.spec.trace_sizes.items() if axis != "batch")
+         + f"; throughput = {pref} / p50 at batch {pref}."),
         *([f"Held-out {task.name}: {task.description}. Δ is in points of {task.name} (0.01 = 1 pt)."]
           if task else []), "",
     ])
