@@ -516,11 +516,11 @@ class ModelRepository:
             for version in versions:
                 started = time.perf_counter()
                 telemetry = ModelTelemetry(self.metrics.model(name, version), name, version)
-                if is_ensemble(config) or is_transcriber(config):
-                    if is_ensemble(config):
-                        model = load_ensemble(name, version, config, telemetry, self.get)
-                    else:
-                        model = load_transcriber(name, version, model_dir, config, self.options, telemetry, self.get)
+                if is_ensemble(config):
+                    model = load_ensemble(name, version, config, telemetry, self.get)
+                    await self._load_steps(model, (*chain, name), startup, on_demand)
+                elif is_transcriber(config):  # its network is a step, loaded (and checked) like an ensemble's
+                    model = load_transcriber(name, version, model_dir, config, self.options, telemetry, self.get)
                     await self._load_steps(model, (*chain, name), startup, on_demand)
                 else:
                     loader = load_diffusion if is_diffusion(config) else load_version

@@ -31,6 +31,7 @@ from server.scheduling.policy import batch_policy_from_config, ensemble_plan_fro
 log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
+TRANSCRIPTION = "transcription"  # the backend of a transcription model (server/repository/transcriber.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +236,7 @@ def select_versions(model_dir: Path, config: ModelConfig | None) -> list[str]:
     """Numeric version folders chosen by ``version_policy`` (default: the latest one).
     An ensemble (or a transcription model: no file of its own) without a version folder is version 1."""
     available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
-    if not available and (is_ensemble(config) or (config is not None and config.backend == "transcription")):
+    if not available and (is_ensemble(config) or (config is not None and config.backend == TRANSCRIPTION)):
         return ["1"]
     if not available:
         raise InvalidInput(f"model folder {model_dir.name} has no numeric version folder (e.g. {model_dir.name}/1/)")

@@ -40,14 +40,12 @@ from server.observability.stats import ModelTelemetry
 from server.pipelines import audio
 from server.repository.config import ModelConfig, complete_io, datatype_enum, parameters, tensor_specs
 from server.repository.loaded import LoadedModel
-from server.repository.model import LoadOptions, file_in_model, shown_path
+from server.repository.model import TRANSCRIPTION, LoadOptions, file_in_model, shown_path
 from server.scheduling.transcription import AUDIO_INPUT, OUTPUTS, REQUEST_OPTIONS, Transcriber, TranscriberConfig
-
-BACKEND = "transcription"
 
 
 def is_transcriber(config: ModelConfig | None) -> bool:
-    return config is not None and config.backend == BACKEND
+    return config is not None and config.backend == TRANSCRIPTION
 
 
 def load_transcriber(name: str, version: str, model_dir: Path, config: ModelConfig, options: LoadOptions,
