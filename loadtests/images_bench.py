@@ -40,7 +40,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +50,12 @@ from loadtests.runinfo import (
     Phase,
     add_output_arguments,
     finish,
+    load_network,
     note_edits,
     package_version,
     quantiles,
     record,
+    session_options,
     stats_delta,
     wait_for_quiet,
 )
@@ -110,28 +111,8 @@ def _sha(path: Path) -> str:
 # ---- in-process ------------------------------------------------------------------------------
 
 
-def load_network(model_dir: Path):
-    """The U-Net, loaded the way ``server.repository.sampler.load_diffusion`` loads it."""
-    from server import runtimes
-    from server.repository.config import read_config
-    from server.repository.model import LoadOptions, find_kind, instance_devices, model_file, runtime_options
-
-    config = read_config(model_dir)
-    devices = instance_devices(config)
-    kind = find_kind(config, model_dir / "1")
-    options = replace(runtime_options(config, "1", devices[0], 1, LoadOptions()), inputs=(), outputs=())
-    runtime = runtimes.create(kind)
-    signature = runtime.load(model_file(kind, config, model_dir / "1"), options)
-    return runtime, signature
 
 
-def session_options(runtime) -> dict:
-    try:
-        so = runtime._session.get_session_options()
-    except AttributeError:
-        return {}
-    return {"intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
-            "execution_mode": str(so.execution_mode).rsplit(".", 1)[-1]}
 
 
 class Reference:

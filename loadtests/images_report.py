@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import statistics
 
+from loadtests.runinfo import div as _div
+from loadtests.runinfo import fmt as _f
 from loadtests.runinfo import page_header
+from loadtests.runinfo import times as _x
 
 TARGET = 4.0  # the issue's bar: step-level batching >= 4x one-at-a-time images/s at 16 concurrent
 BATCHED, SINGLE = "digits_diffusion", "digits_diffusion_single"
@@ -17,16 +20,10 @@ REQUIREMENT = ("Images/s at 1, 4 and 16 concurrent requests, diffusion at 25 ste
                "each level.")
 
 
-def _f(value, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def _div(a, b):
-    return None if a is None or not b else a / b
 
 
-def _x(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def point(results: dict, variant: str, concurrency: int) -> dict:

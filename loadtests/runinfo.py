@@ -191,6 +191,49 @@ def quiet_wait_clause(results: dict) -> str:
             f"of {len(q)} rounds)")
 
 
+def load_network(model_dir: Path):
+    """A model's network loaded the way the server loads it (its config's runtime options):
+    (runtime, signature)."""
+    from dataclasses import replace
+
+    from server import runtimes
+    from server.repository.config import read_config
+    from server.repository.model import LoadOptions, find_kind, instance_devices, model_file, runtime_options
+
+    config = read_config(model_dir)
+    devices = instance_devices(config)
+    kind = find_kind(config, model_dir / "1")
+    options = replace(runtime_options(config, "1", devices[0], 1, LoadOptions()), inputs=(), outputs=())
+    runtime = runtimes.create(kind)
+    signature = runtime.load(model_file(kind, config, model_dir / "1"), options)
+    return runtime, signature
+
+
+def session_options(runtime) -> dict:
+    """The ONNX Runtime session's thread settings, as the reports print them ({} for other runtimes)."""
+    try:
+        so = runtime._session.get_session_options()
+    except AttributeError:
+        return {}
+    return {"intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
+            "execution_mode": str(so.execution_mode).rsplit(".", 1)[-1]}
+
+
+def fmt(value, digits: int = 1) -> str:
+    """A figure for a report ("n/a" when missing)."""
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def div(a, b):
+    """a / b, None when either is missing or b is 0."""
+    return None if a is None or not b else a / b
+
+
+def times(value) -> str:
+    """A ratio as "1.23x" ("n/a" when missing)."""
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def package_version(package: str) -> str:
     try:
         return importlib.metadata.version(package)

@@ -42,13 +42,23 @@ import io
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from loadtests.procs import busy_cpu_s, own_cpu_s, tree_cpu_s
-from loadtests.runinfo import Phase, add_output_arguments, finish, note_edits, package_version, record, wait_for_quiet
+from loadtests.runinfo import (
+    Phase,
+    add_output_arguments,
+    finish,
+    load_network,
+    note_edits,
+    package_version,
+    record,
+    session_options,
+    wait_for_quiet,
+)
 from loadtests.transcription_report import LEVELS, MODEL, NETWORK, STAGES, TARGET_RTF, TARGET_SPEEDUP, headline, render  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,27 +294,8 @@ def decode_split(recordings: list[Recording]) -> dict:
             "decode_s": best(SOURCE_RATE), "decode_resample_s": best(16_000)}
 
 
-def load_network(model_dir: Path):
-    """The network, loaded the way the server loads it (its config's runtime options)."""
-    from server import runtimes
-    from server.repository.config import read_config
-    from server.repository.model import LoadOptions, find_kind, instance_devices, model_file, runtime_options
-
-    config = read_config(model_dir)
-    devices = instance_devices(config)
-    kind = find_kind(config, model_dir / "1")
-    options = replace(runtime_options(config, "1", devices[0], 1, LoadOptions()), inputs=(), outputs=())
-    runtime = runtimes.create(kind)
-    runtime.load(model_file(kind, config, model_dir / "1"), options)
-    return runtime
 
 
-def session_options(runtime) -> dict:
-    try:
-        so = runtime._session.get_session_options()
-    except AttributeError:
-        return {}
-    return {"intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads}
 
 
 def chunk_features(recordings: list[Recording], pad_seconds: float = 2.5) -> list[np.ndarray]:
@@ -327,7 +318,7 @@ def chunk_features(recordings: list[Recording], pad_seconds: float = 2.5) -> lis
 def network_reference(model_dir: Path, recordings: list[Recording]) -> dict:
     """The same chunks through the ONNX network: one per call, then up to INPROCESS_BATCH
     equal-shape chunks per call (best of 2 each)."""
-    runtime = load_network(model_dir)
+    runtime, _ = load_network(model_dir)
     try:
         feats = chunk_features(recordings)
         by_shape: dict[tuple, list[np.ndarray]] = {}

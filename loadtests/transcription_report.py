@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import statistics
 
+from loadtests.runinfo import div as _div
+from loadtests.runinfo import fmt as _f
 from loadtests.runinfo import page_header
+from loadtests.runinfo import times as _x
 
 MODEL, NETWORK = "speech", "speech_ctc"
 TARGET_RTF = 0.05  # the issue's bar: p50 request RTF at 1 stream at most this
@@ -30,16 +33,10 @@ REQUIREMENT = ("Real-time factor (processing time / audio duration) on this CPU,
                "State where the time goes.")
 
 
-def _f(value, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def _div(a, b):
-    return None if a is None or not b else a / b
 
 
-def _x(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def _streams(level) -> str:

@@ -25,8 +25,10 @@ from typer.testing import CliRunner
 
 from export.cli import root
 from export.repository import read_config
+from tests.integration.export_helpers import closeness as _closeness
+from tests.integration.export_helpers import export as _export
+from tests.integration.export_helpers import load_module as _load
 from tests.integration.server_fixtures import running_server
-from tests.integration.test_export_user import _closeness, _export, _load
 
 NETS = textwrap.dedent('''
     import torch

@@ -10,12 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-import tritonclient.http as httpclient
 from torch import nn
-from typer.testing import CliRunner
 
-from export.cli import root
 from export.repository import read_config
+from tests.integration.export_helpers import closeness as _closeness
+from tests.integration.export_helpers import export as _export
+from tests.integration.export_helpers import infer as _infer
 from tests.integration.server_fixtures import running_server
 
 
@@ -29,10 +29,6 @@ def _cnn() -> nn.Module:
     return net
 
 
-def _export(repo, *args):
-    result = CliRunner().invoke(root, ["export", "model", "-r", str(repo), *args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +52,8 @@ def served(tmp_path_factory):
         yield server, session, torch.export.load(str(work / "cnn.pt2")).module(), outputs
 
 
-def _infer(server, model, name, x, output):
-    client = httpclient.InferenceServerClient(server.http_url)
-    assert client.is_model_ready(model)
-    inp = httpclient.InferInput(name, list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=True)
-    return client.infer(model, [inp], outputs=[httpclient.InferRequestedOutput(output, binary_data=True)]).as_numpy(output)
 
 
-def _closeness(got, want):
-    g, w = got.reshape(len(got), -1), want.reshape(len(want), -1)
-    cos = (g * w).sum(1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1))
-    return float(np.abs(got - want).max() / np.abs(want).max()), float(cos.min())
 
 
 @pytest.mark.parametrize("model, atol", [("cnn", 1e-4), ("cnn_fp16", 2e-2), ("cnn_int8_dynamic", None)])

@@ -5,17 +5,19 @@ that exits 2 and writes nothing."""
 
 from __future__ import annotations
 
-import importlib.util
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-import tritonclient.http as httpclient
 from typer.testing import CliRunner
 
 from export.cli import root
 from export.repository import read_config
+from tests.integration.export_helpers import closeness as _closeness
+from tests.integration.export_helpers import export as _export
+from tests.integration.export_helpers import infer as _infer
+from tests.integration.export_helpers import load_module as _load
 from tests.integration.server_fixtures import running_server
 
 USER_NETS = textwrap.dedent('''
@@ -72,17 +74,8 @@ USER_NETS = textwrap.dedent('''
 LABELS = ["cat", "dog", "bird", "fish"]
 
 
-def _load(path):
-    spec = importlib.util.spec_from_file_location("user_nets_for_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def _export(repo, *args):
-    result = CliRunner().invoke(root, ["export", "model", "-r", str(repo), *args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -112,19 +105,8 @@ def served(tmp_path_factory):
         yield server, {"cnn": cnn, "tagger": users.tagger().eval()}, outputs, nets
 
 
-def _infer(server, model, name, x, output, **kw):
-    client = httpclient.InferenceServerClient(server.http_url)
-    assert client.is_model_ready(model)
-    inp = httpclient.InferInput(name, list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=True)
-    result = client.infer(model, [inp], outputs=[httpclient.InferRequestedOutput(output, binary_data=True, **kw)])
-    return result.as_numpy(output)
 
 
-def _closeness(got, want):
-    g, w = got.reshape(len(got), -1), want.reshape(len(want), -1)
-    cos = (g * w).sum(1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1))
-    return float(np.abs(got - want).max() / np.abs(want).max()), float(cos.min())
 
 
 @pytest.mark.parametrize("model, atol", [("cnn", 1e-4), ("cnn_fp16", 2e-2), ("cnn_int8_static", None)])

@@ -29,7 +29,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from server.core.errors import DeepserveError, InvalidInput
 from server.core.types import InferenceRequest, InferenceResponse
-from server.frontends.http.infer import until_disconnect
+from server.frontends.http.infer import first_response, until_disconnect
 from server.frontends.http.responses import json_response
 from server.pipelines import ctc
 from server.service import InferenceService, ModelMetadata
@@ -221,28 +221,19 @@ async def transcriptions(request: Request) -> Response:
         meta = _model(service, options["model"])
         infer = _request(meta, data, options)
         if options["stream"]:
-            return await _stream(request, service, meta, infer, options)
+            return await _stream(request, service, infer, options)
         if meta.decoupled:
             raise InvalidInput(f"model '{meta.name}' streams: call it with stream=true")
         response = await until_disconnect(request.receive, service.infer(infer))
     return render(transcript_of(response), options)
 
 
-async def _stream(request: Request, service: InferenceService, meta: ModelMetadata, infer: InferenceRequest,
+async def _stream(request: Request, service: InferenceService, infer: InferenceRequest,
                   options: dict) -> Response:
     """``transcript.text.delta`` per chunk as it is decoded, then ``transcript.text.done``.
-    A model that does not stream answers with one delta and the done event."""
-    if meta.decoupled:
-        responses = service.infer_stream(infer)
-    else:
-        async def one() -> AsyncIterator[InferenceResponse]:
-            yield await service.infer(infer)
-        responses = one()
-    try:
-        first = await until_disconnect(request.receive, anext(responses, None))
-    except BaseException:
-        await responses.aclose()
-        raise
+    A model that does not stream (its stream is its one response) gives one delta and the done event."""
+    responses = service.infer_stream(infer)
+    first = await first_response(request.receive, responses)
 
     async def events() -> AsyncIterator[bytes]:
         said = False

@@ -27,7 +27,7 @@ from server.core.types import InferenceRequest, InferenceResponse, TensorSpec
 from server.core.validation import check_version
 from server.frontends.http.body import read_json_object
 from server.frontends.http.codec import tensor_from_json
-from server.frontends.http.infer import deadline_from, until_disconnect
+from server.frontends.http.infer import deadline_from, first_response, until_disconnect
 from server.frontends.http.responses import json_response
 from server.service import InferenceService
 
@@ -133,11 +133,7 @@ async def generate_stream(request: Request, model: str, version: str = "") -> Re
     with _service(request).accounting(model, version):  # failures after the first response: in band
         infer, batched = await _decode(request, model, version)
         responses = _service(request).infer_stream(infer)
-        try:
-            first = await until_disconnect(request.receive, anext(responses, None))
-        except BaseException:
-            await responses.aclose()
-            raise
+        first = await first_response(request.receive, responses)
 
     async def events() -> AsyncIterator[bytes]:
         try:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from server.core.errors import CANCEL_COUNTED, ClientGone, DeepserveError, InvalidInput
@@ -158,3 +158,13 @@ async def until_disconnect(receive, work: Awaitable[T]) -> T:
         if watcher is not None:
             watcher.remove_done_callback(on_message)
             watcher.cancel()
+
+
+async def first_response(receive, responses: AsyncIterator[T]) -> T | None:
+    """The stream's first item (None if it ends at once), under :func:`until_disconnect`;
+    on any failure the stream is closed, which stops the model's producer."""
+    try:
+        return await until_disconnect(receive, anext(responses, None))
+    except BaseException:
+        await responses.aclose()
+        raise
