@@ -28,6 +28,29 @@ deepserve_transcription_real_time_factor     histogram  a request's wall time / 
 deepserve_transcription_chunks               histogram  chunks a recording was cut into
 ===========================================  =========  ==========================================
 
+Generation models (the continuous-batching engine), labels ``model``, ``version``:
+
+=====================================================  =========  ==================================
+name                                                   type       meaning
+=====================================================  =========  ==================================
+deepserve_generation_time_to_first_token_seconds      histogram  arrival -> first token sampled
+deepserve_generation_time_per_output_token_seconds    histogram  between successive tokens of a sequence
+deepserve_generation_e2e_request_latency_seconds      histogram  arrival -> last token of a request
+deepserve_generation_prompt_tokens_total              counter    prompt tokens of admitted requests
+deepserve_generation_output_tokens_total              counter    tokens generated
+deepserve_generation_requests_running                 gauge      sequences in the running batch
+deepserve_generation_requests_waiting                 gauge      sequences waiting (new or preempted)
+deepserve_generation_kv_cache_usage_ratio             gauge      KV-cache blocks in use / all (0..1)
+deepserve_generation_prefix_cache_queries_total       counter    prompt tokens looked up in the prefix cache
+deepserve_generation_prefix_cache_hits_total          counter    of those, tokens found (hit rate = hits / queries)
+deepserve_generation_preemptions_total                counter    sequences preempted (their blocks freed, recomputed later)
+=====================================================  =========  ==================================
+
+The same running, waiting and KV-usage gauges are exported under vLLM's names, label
+``model_name``, for the Gateway API Inference Extension and vLLM dashboards:
+``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``
+(0..1, as vLLM reports it).
+
 Per ensemble step (labels ``model``, ``version``, ``step`` = the step's model):
 ``deepserve_ensemble_step_duration_seconds`` (histogram), the step's time within the
 ensemble's requests; the step model's own series count the same requests too. A
@@ -54,6 +77,8 @@ LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
+REQUEST_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0)
 RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # The `reason` label of deepserve_request_failure_total: the core errors' reasons, and
 # CANCELED for a client that went away.
@@ -97,6 +122,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.step_labels: set[tuple[str, str, str]] = set()  # the step series made so far
+        self.generation = GenerationFamilies(r, labels)
         self.registry.register(GpuCollector())
 
     def unrouted_failure(self, reason: str) -> None:
@@ -110,9 +136,14 @@ class Metrics:
         """Drop a model version's series when it is unloaded."""
         for metric in (self.success, self.inferences, self.executions, self.request_s, self.queue_s,
                        self.compute_s, self.batch_size, self.pending, self.inflight, self.load_s, self.resident, self.responses, self.images,
-                       self.audio_s, self.rtf, self.chunks):
+                       self.audio_s, self.rtf, self.chunks, *self.generation.per_version()):
             try:
                 metric.remove(name, version)
+            except KeyError:
+                pass
+        for metric in self.generation.per_name():
+            try:
+                metric.remove(name)
             except KeyError:
                 pass
         for reason in FAILURE_REASONS:
@@ -123,6 +154,60 @@ class Metrics:
         for labels in [k for k in self.step_labels if k[:2] == (name, version)]:
             self.step_s.remove(*labels)
             self.step_labels.discard(labels)
+
+
+class GenerationFamilies:
+    """The generation engine's families (created with every registry, so dashboards and
+    scrapers see them before a generation model loads)."""
+
+    def __init__(self, r: CollectorRegistry, labels: tuple[str, str]) -> None:
+        p = "deepserve_generation_"
+        self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first token", labels,
+                              buckets=REQUEST_BUCKETS_S, registry=r)
+        self.tpot = Histogram(p + "time_per_output_token_seconds", "Time between successive tokens of a sequence",
+                              labels, buckets=TOKEN_LATENCY_BUCKETS_S, registry=r)
+        self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to last token of a request", labels,
+                             buckets=REQUEST_BUCKETS_S, registry=r)
+        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens of admitted requests", labels, registry=r)
+        self.output_tokens = Counter(p + "output_tokens", "Tokens generated", labels, registry=r)
+        self.running = Gauge(p + "requests_running", "Sequences in the running batch", labels, registry=r)
+        self.waiting = Gauge(p + "requests_waiting", "Sequences waiting (new or preempted)", labels, registry=r)
+        self.kv_usage = Gauge(p + "kv_cache_usage_ratio", "KV-cache blocks in use / all blocks", labels, registry=r)
+        self.prefix_queries = Counter(p + "prefix_cache_queries", "Prompt tokens looked up in the prefix cache", labels,
+                                      registry=r)
+        self.prefix_hits = Counter(p + "prefix_cache_hits", "Prompt tokens found in the prefix cache", labels, registry=r)
+        self.preemptions = Counter(p + "preemptions", "Sequences preempted (blocks freed, recomputed later)", labels,
+                                   registry=r)
+        # vLLM's names (label model_name), read by the Gateway API Inference Extension.
+        self.vllm_running = Gauge("vllm:num_requests_running", "Sequences running (vLLM's name)", ("model_name",), registry=r)
+        self.vllm_waiting = Gauge("vllm:num_requests_waiting", "Sequences waiting (vLLM's name)", ("model_name",), registry=r)
+        self.vllm_kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 0..1 (vLLM's name)", ("model_name",), registry=r)
+
+    def per_version(self) -> tuple:
+        return (self.ttft, self.tpot, self.e2e, self.prompt_tokens, self.output_tokens, self.running, self.waiting,
+                self.kv_usage, self.prefix_queries, self.prefix_hits, self.preemptions)
+
+    def per_name(self) -> tuple:
+        return (self.vllm_running, self.vllm_waiting, self.vllm_kv)
+
+
+class GenerationMetrics:
+    """One generation model version's children (what the engine reports to)."""
+
+    def __init__(self, families: GenerationFamilies, name: str, version: str) -> None:
+        f, labels = families, (name, version)
+        self.ttft, self.tpot, self.e2e = f.ttft.labels(*labels), f.tpot.labels(*labels), f.e2e.labels(*labels)
+        self.prompt_tokens, self.output_tokens = f.prompt_tokens.labels(*labels), f.output_tokens.labels(*labels)
+        self.prefix_queries, self.prefix_hits = f.prefix_queries.labels(*labels), f.prefix_hits.labels(*labels)
+        self.preemptions = f.preemptions.labels(*labels)
+        self._gauges = ((f.running.labels(*labels), f.vllm_running.labels(name)),
+                        (f.waiting.labels(*labels), f.vllm_waiting.labels(name)),
+                        (f.kv_usage.labels(*labels), f.vllm_kv.labels(name)))
+
+    def occupancy(self, running: int, waiting: int, kv_usage: float) -> None:
+        for (ours, vllm), value in zip(self._gauges, (running, waiting, kv_usage), strict=True):
+            ours.set(value)
+            vllm.set(value)
 
 
 class ModelMetrics:
@@ -155,6 +240,9 @@ class ModelMetrics:
 
     def failure(self, reason: str) -> None:
         self._metrics.failure.labels(*self._labels, reason).inc()
+
+    def generation(self) -> GenerationMetrics:
+        return GenerationMetrics(self._metrics.generation, *self._labels)
 
 
 class GpuCollector:
