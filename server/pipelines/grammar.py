@@ -11,9 +11,10 @@
 
 The schema is compiled by llguidance (``LLMatcher.grammar_from_json_schema``, then
 ``LLMatcher.validate_grammar_with_warnings`` for errors, ``LLMatcher`` for the per-token state, its numpy bitmask
-layout for the mask); no JSON parsing is written here. A schema llguidance refuses is a :class:`GrammarError` carrying llguidance's message: keywords it does
-not implement (``if``/``then``/``else``, ``not``, ``uniqueItems``, ``contains``, ``dependentRequired``,
-``propertyNames``, ...), unknown ``type`` or ``format`` names, remote ``$ref``, look-around in ``pattern``.
+layout for the mask); no JSON parsing is written here. A schema llguidance refuses is a :class:`GrammarError`
+carrying llguidance's message: keywords it does not implement (``if``/``then``/``else``, ``not``, ``uniqueItems``,
+``contains``, ``dependentRequired``, ``propertyNames``, ...), unknown ``type`` or ``format`` names, remote
+``$ref``, look-around in ``pattern``.
 
 Whitespace is bounded: none before the top-level value, none after it (the matcher stops at the value's last
 byte, so ``Matcher.is_finished`` turns true there and the engine ends with ``finish_reason`` "stop"), and between
