@@ -17,6 +17,7 @@ from server.core.datatypes import datatype_of
 from server.core.errors import DeepserveError, InvalidInput, QueueFull, Unavailable
 from server.core.types import InferenceRequest, InferenceResponse, OutputTensor, TensorSpec
 from server.core.validation import classify
+from server.pipelines.text import TextModel
 from server.repository.config import ModelConfig, config_from_json
 from server.repository.loaded import LoadedModel
 from server.repository.manager import ModelRepository
@@ -103,6 +104,15 @@ class InferenceService:
             name, versions, model.platform, model.inputs, model.outputs, model.decoupled, model.max_batch_size > 0,
             model.task,
         )
+
+    def text_model(self, name: str, version: str = "") -> TextModel:
+        """A generation model's tokenizer, chat template and context length (the OpenAI routes
+        tokenize before they call it)."""
+        self.repository.start_on_demand_load(name)
+        model = self.repository.get(name, version)
+        if model.text is None:
+            raise InvalidInput(f"model '{name}' is not a text-generation model (task '{model.task or 'none'}')")
+        return model.text
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
         return self.repository.get(name, version).config

@@ -17,6 +17,7 @@ from server.core.errors import InvalidInput
 from server.core.types import InferenceRequest, TensorSpec
 from server.core.validation import check_request, check_utf8
 from server.observability.stats import ModelTelemetry
+from server.pipelines.text import TextModel
 from server.repository.config import ModelConfig
 from server.runtimes.base import Runtime
 from server.scheduling.base import Job, Outputs, Scheduler
@@ -36,6 +37,7 @@ class LoadedModel:
     steps: tuple[str, ...] = ()  # the models an ensemble calls
     text_inputs: frozenset[str] = frozenset()  # BYTES inputs the runtime reads as UTF-8 text
     input_index: dict[str, TensorSpec] = field(default_factory=dict)
+    text: TextModel | None = None  # a generation model's tokenizer and context (the OpenAI routes read them)
     # Residency (the repository's): the requests holding this version (an unload waits for
     # them; ``released`` is set when the last one lets go), and the memory its load took.
     refs: int = 0
@@ -70,7 +72,7 @@ class LoadedModel:
         check_utf8(request, self.text_inputs)
         priority, timeout_us = _schedule_parameters(request.parameters)
         budget = None if request.deadline_s is None else request.deadline_s - time.monotonic()
-        return Job(request.inputs, rows, priority, timeout_us, budget)
+        return Job(request.inputs, rows, priority, timeout_us, budget, request.parameters)
 
     async def infer(self, request: InferenceRequest) -> Outputs:
         with self.telemetry.track():

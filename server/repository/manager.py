@@ -61,6 +61,7 @@ from server.repository.model import (
     load_version,
     select_versions,
 )
+from server.repository.generator import is_generation, load_generation
 from server.repository.sampler import is_diffusion, load_diffusion
 from server.repository.transcriber import is_transcriber, load_transcriber
 
@@ -523,7 +524,8 @@ class ModelRepository:
                     model = load_transcriber(name, version, model_dir, config, self.options, telemetry, self.get)
                     await self._load_steps(model, (*chain, name), startup, on_demand)
                 else:
-                    loader = load_diffusion if is_diffusion(config) else load_version
+                    loader = (load_generation if is_generation(config, model_dir)
+                              else load_diffusion if is_diffusion(config) else load_version)
                     async with self._measure:  # nothing else loads between the two readings
                         host, device = _rss_bytes(), _device_bytes()
                         model = await asyncio.to_thread(loader, name, version, model_dir, config, self.options, telemetry)

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.core.errors import DeepserveError
-from server.frontends.http import audio, generate, images, openai, repository, tasks, v2
+from server.frontends.http import audio, completions, generate, images, openai, repository, tasks, v2
 from server.frontends.http.errors import handle_deepserve_error, handle_http_error
 from server.frontends.http.infer import InferRoute
 from server.frontends.http.openai import error_body, is_openai_path
@@ -49,6 +49,7 @@ def create_app(service: InferenceService, settings: Settings, registry: Collecto
     app.include_router(images.router)
     app.include_router(audio.router)
     app.include_router(openai.router)
+    app.include_router(completions.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     install_openapi(app)  # the infer routes (served by InferRoute, not FastAPI) in /openapi.json and /docs
     return wrap(InferRoute(app, service, settings.max_request_bytes), settings)

@@ -12,7 +12,8 @@ from server.service import InferenceService
 router = APIRouter(tags=["openai"])
 
 # Paths answered in OpenAI's error shape (the task routes /v1/classify, /v1/detect keep ours).
-OPENAI_PATHS = ("/v1/images/", "/v1/audio/", "/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models")
+OPENAI_PATHS = ("/v1/images/", "/v1/audio/", "/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize",
+                "/detokenize")
 _TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable"}
 
