@@ -38,15 +38,29 @@ def _make(folder: Path, kind: str, **save) -> Path:
     torch.manual_seed({"gpt2": 0, "llama": 1, "llama_tied": 2}[kind])
     if kind == "gpt2":
         cfg = transformers.GPT2Config(
-            n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=128,
-            bos_token_id=0, eos_token_id=0, initializer_range=0.1,
+            n_layer=2,
+            n_embd=64,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            initializer_range=0.1,
         )
         model = transformers.GPT2LMHeadModel(cfg)
     else:
         cfg = transformers.LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128, bos_token_id=0,
-            eos_token_id=0, initializer_range=0.1, tie_word_embeddings=kind == "llama_tied",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            initializer_range=0.1,
+            tie_word_embeddings=kind == "llama_tied",
         )
         model = transformers.LlamaForCausalLM(cfg)
     model.eval()
@@ -160,7 +174,7 @@ def test_chunked_prefill_equals_one_shot(ckpts, kind):
     for cuts in ([0, 23], [0, 5, 17, 23], [0, 8, 22, 23], [0, 1, 2, 23]):
         runner = _runner(ckpts[kind])
         table = Blocks().table(0, 40)
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in zip(cuts, cuts[1:], strict=False):
             last = runner.step([SeqWork(prompt[a:b], a, table[: -(-b // BS)])])[0]
         seq = [last]
         tokens = list(prompt)
@@ -250,10 +264,12 @@ def test_shared_prefix_blocks(ckpts, refs, kind):
     for _ in range(6):  # both decode together, each over the shared blocks
         a.append(int(np.argmax(la)))
         b.append(int(np.argmax(lb)))
-        la, lb = runner.step([
-            SeqWork(a[-1:], len(a) - 1, ta[: -(-len(a) // BS)]),
-            SeqWork(b[-1:], len(b) - 1, tb[: -(-len(b) // BS)]),
-        ])
+        la, lb = runner.step(
+            [
+                SeqWork(a[-1:], len(a) - 1, ta[: -(-len(a) // BS)]),
+                SeqWork(b[-1:], len(b) - 1, tb[: -(-len(b) // BS)]),
+            ]
+        )
     np.testing.assert_allclose(la, model.forward_full(torch.tensor(a))[-1].numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(lb, model.forward_full(torch.tensor(b))[-1].numpy(), atol=1e-4, rtol=0)
 
@@ -299,9 +315,14 @@ def test_pickle_only_checkpoint_refused(ckpts, tmp_path):
         ModelRunner(bad)
 
 
-@pytest.mark.parametrize(("kind", "drop"), [("gpt2", "transformer.h.1.mlp.c_fc.weight"),
-                                            ("llama", "model.layers.0.self_attn.k_proj.weight"),
-                                            ("llama", "lm_head.weight")])
+@pytest.mark.parametrize(
+    ("kind", "drop"),
+    [
+        ("gpt2", "transformer.h.1.mlp.c_fc.weight"),
+        ("llama", "model.layers.0.self_attn.k_proj.weight"),
+        ("llama", "lm_head.weight"),
+    ],
+)
 def test_missing_tensor_refused(ckpts, tmp_path, kind, drop):
     from safetensors.torch import load_file, save_file
 

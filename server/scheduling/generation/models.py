@@ -81,9 +81,7 @@ def arch_from_config(cfg: dict) -> ArchSpec:
     """The :class:`ArchSpec` of a Hugging Face ``config.json``; ValueError when unsupported."""
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+        raise ValueError(f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     eos = _eos_ids(cfg.get("eos_token_id"))
     try:
         if model_type == "gpt2":
@@ -100,13 +98,26 @@ def arch_from_config(cfg: dict) -> ArchSpec:
             if hidden % heads:
                 raise ValueError(f"n_embd {hidden} is not a multiple of n_head {heads}")
             return ArchSpec(
-                model_type="gpt2", vocab_size=int(cfg["vocab_size"]), hidden_size=hidden,
-                n_layers=int(cfg["n_layer"]), n_heads=heads, n_kv_heads=heads, head_dim=hidden // heads,
-                intermediate_size=int(cfg.get("n_inner") or 4 * hidden), norm="layernorm",
-                position="learned", mlp="gelu", activation=acts[act], rope_theta=0.0,
-                eps=float(cfg.get("layer_norm_epsilon", 1e-5)), qkv_bias=True, out_bias=True,
-                mlp_bias=True, tied=bool(cfg.get("tie_word_embeddings", True)),
-                max_positions=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))), eos_token_ids=eos,
+                model_type="gpt2",
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                n_layers=int(cfg["n_layer"]),
+                n_heads=heads,
+                n_kv_heads=heads,
+                head_dim=hidden // heads,
+                intermediate_size=int(cfg.get("n_inner") or 4 * hidden),
+                norm="layernorm",
+                position="learned",
+                mlp="gelu",
+                activation=acts[act],
+                rope_theta=0.0,
+                eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+                qkv_bias=True,
+                out_bias=True,
+                mlp_bias=True,
+                tied=bool(cfg.get("tie_word_embeddings", True)),
+                max_positions=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))),
+                eos_token_ids=eos,
             )
         # llama
         act = cfg.get("hidden_act", "silu")
@@ -122,13 +133,26 @@ def arch_from_config(cfg: dict) -> ArchSpec:
             raise ValueError(f"head_dim {head_dim} must be even for rotary positions")
         bias = bool(cfg.get("attention_bias", False))
         return ArchSpec(
-            model_type="llama", vocab_size=int(cfg["vocab_size"]), hidden_size=hidden,
-            n_layers=int(cfg["num_hidden_layers"]), n_heads=heads, n_kv_heads=kv_heads, head_dim=head_dim,
-            intermediate_size=int(cfg["intermediate_size"]), norm="rmsnorm", position="rotary",
-            mlp="swiglu", activation="silu", rope_theta=_rope_theta(cfg),
-            eps=float(cfg.get("rms_norm_eps", 1e-6)), qkv_bias=bias, out_bias=bias,
-            mlp_bias=bool(cfg.get("mlp_bias", False)), tied=bool(cfg.get("tie_word_embeddings", False)),
-            max_positions=int(cfg.get("max_position_embeddings", 2048)), eos_token_ids=eos,
+            model_type="llama",
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            n_layers=int(cfg["num_hidden_layers"]),
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate_size=int(cfg["intermediate_size"]),
+            norm="rmsnorm",
+            position="rotary",
+            mlp="swiglu",
+            activation="silu",
+            rope_theta=_rope_theta(cfg),
+            eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            qkv_bias=bias,
+            out_bias=bias,
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            tied=bool(cfg.get("tie_word_embeddings", False)),
+            max_positions=int(cfg.get("max_position_embeddings", 2048)),
+            eos_token_ids=eos,
         )
     except KeyError as e:
         raise ValueError(f"config.json of a {model_type} model lacks {e.args[0]!r}") from None
@@ -250,9 +274,7 @@ class CausalLM(nn.Module):
                 q, k = self.apply_rope(q, cos, sin), self.apply_rope(k, cos, sin)
             rep = a.n_heads // a.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            o = F.scaled_dot_product_attention(
-                q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True
-            )
+            o = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True)
             x = self.post_attention(i, x, o.transpose(0, 1).reshape(t, -1), F.linear)
         return self.logits(x, F.linear)
 
@@ -321,7 +343,12 @@ def _hf_names(a: ArchSpec, tensors: dict[str, torch.Tensor]) -> dict[str, Callab
             for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
                 m[L + ours + "_w"] = lambda n=f"{h}{theirs}.weight": get(n)
                 m[L + ours + "_b"] = lambda n=f"{h}{theirs}.bias": get(n)
-            for ours, theirs in (("qkv", "attn.c_attn"), ("o", "attn.c_proj"), ("up", "mlp.c_fc"), ("down", "mlp.c_proj")):
+            for ours, theirs in (
+                ("qkv", "attn.c_attn"),
+                ("o", "attn.c_proj"),
+                ("up", "mlp.c_fc"),
+                ("down", "mlp.c_proj"),
+            ):
                 m[L + ours + "_w"] = lambda n=f"{h}{theirs}.weight": get(n).t()
                 m[L + ours + "_b"] = lambda n=f"{h}{theirs}.bias": get(n)
         if not a.tied:
@@ -389,5 +416,3 @@ def load_checkpoint(folder: Path, device: str = "cpu", dtype: torch.dtype = torc
         p.requires_grad_(False)
     model.eval()
     return model, arch
-
-

@@ -34,7 +34,6 @@ whether its prompt was prefilled in one chunk or several) is by construction:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,8 @@ _SDPA_BACKENDS = {0: "math", 1: "flash_attention", 2: "efficient_attention", 3: 
 
 @dataclass(frozen=True, slots=True)
 class SeqWork:
-    tokens: Sequence[int]  # token ids to compute this step (len >= 1): a prefill chunk, or the one newest token in decode
+    # tokens: ids to compute this step (len >= 1): a prefill chunk, or the one newest token in decode
+    tokens: Sequence[int]
     start: int  # position of tokens[0]; positions [0, start) are already in the KV cache
     block_table: Sequence[int]  # physical block ids covering positions [0, start + len(tokens))
 
@@ -161,7 +161,7 @@ class ModelRunner:
         k = torch.zeros(2, kv_heads, KEY_ALIGN, a.head_dim, dtype=self.dtype, device=self.device)
         mask = torch.ones(2, 1, 2, KEY_ALIGN, dtype=torch.bool, device=self.device)
         try:
-            choice = int(torch._fused_sdp_choice(q, k, k, mask, 0.0, False, None, gqa))
+            choice = int(torch._fused_sdp_choice(q, k, k, attn_mask=mask, enable_gqa=gqa))
             kernel = _SDPA_BACKENDS.get(choice, f"backend {choice}")
         except Exception:  # private API; the description is informational only
             kernel = "kernel unknown"
@@ -193,7 +193,9 @@ class ModelRunner:
                 raise ValueError(f"positions [{w.start}, {w.start + n}) exceed max_model_len {self.max_model_len}")
             need = -(-(w.start + n) // bs)
             if len(w.block_table) < need:
-                raise ValueError(f"block_table has {len(w.block_table)} blocks, {need} needed for {w.start + n} positions")
+                raise ValueError(
+                    f"block_table has {len(w.block_table)} blocks, {need} needed for {w.start + n} positions"
+                )
             if any(not 0 <= b < self.num_blocks for b in w.block_table[:need]):
                 raise ValueError(f"block id out of range [0, {self.num_blocks})")
             if any(not 0 <= t < self.arch.vocab_size for t in w.tokens):
@@ -263,7 +265,7 @@ class ModelRunner:
             cos, sin = self._cos[pos_t], self._sin[pos_t]
         for i in range(a.n_layers):
             parts = [m.qkv(i, x[t], F.linear) for t in tiles]
-            q, k, v = (torch.cat(z) if len(tiles) > 1 else z[0] for z in zip(*parts))
+            q, k, v = (torch.cat(z) if len(tiles) > 1 else z[0] for z in zip(*parts, strict=True))
             if a.position == "rotary":
                 q, k = m.apply_rope(q, cos, sin), m.apply_rope(k, cos, sin)
             kf = self.k_cache[i].view(-1, Hkv, D)
