@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,7 +38,7 @@ class Job:
     priority: int | None = None  # request parameter `priority` (None / 0 = the default level)
     timeout_us: int | None = None  # request parameter `timeout`
     budget_s: float | None = None  # what is left of the client's deadline when the job was made
-    parameters: Mapping[str, Any] = MappingProxyType({})  # the request's parameters (generation reads its sampling ones)
+    parameters: Mapping[str, Any] | None = None  # the request's parameters (generation reads its sampling ones)
 
 
 class Scheduler(Protocol):

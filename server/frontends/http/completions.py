@@ -225,10 +225,10 @@ async def _complete(request: Request, chat: bool) -> Response:
             choices: dict[int, _Choice] = {}
             usage = _Usage()
             await until_disconnect(request.receive, _collect(responses, choices, usage))
-            return json_response(_body(meta, choices, usage, chat, text_model, echo))
+            return json_response(_body(meta, choices, usage, chat, text_model, echo, bool(parameters.get("logprobs"))))
         first = await first_response(request.receive, responses)
     events = _events(first, responses, meta, chat, text_model, bool(options.get("include_usage")), echo,
-                     parameters["logprobs"] if "logprobs" in parameters else False)
+                     bool(parameters.get("logprobs")))
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
@@ -240,19 +240,21 @@ async def _collect(responses: AsyncIterator[InferenceResponse], choices: dict[in
         await responses.aclose()
 
 
-def _body(meta: dict, choices: dict[int, _Choice], usage: _Usage, chat: bool, text_model: TextModel, echo: str) -> dict:
+def _body(meta: dict, choices: dict[int, _Choice], usage: _Usage, chat: bool, text_model: TextModel, echo: str,
+          logprobs: bool) -> dict:
     codec, out = text_model.codec, []
     for index in sorted(choices):
         c = choices[index]
         entries = list(zip(c.token_ids, c.logprobs, c.top, strict=True))
         text = "".join(c.text)
         if chat:
-            logprobs = _chat_logprobs(codec, entries) if c.logprobs and c.token_ids else None
-            out.append({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+            out.append({"index": index, "message": {"role": "assistant", "content": text},
+                        "logprobs": _chat_logprobs(codec, entries) if logprobs else None,
                         "finish_reason": c.finish_reason})
         else:
-            logprobs = _completion_logprobs(codec, entries, len(echo)) if c.logprobs and c.token_ids else None
-            out.append({"index": index, "text": echo + text, "logprobs": logprobs, "finish_reason": c.finish_reason})
+            out.append({"index": index, "text": echo + text,
+                        "logprobs": _completion_logprobs(codec, entries, len(echo)) if logprobs else None,
+                        "finish_reason": c.finish_reason})
     kind = "chat.completion" if chat else "text_completion"
     return {**meta, "object": kind, "choices": out, "usage": usage.body()}
 

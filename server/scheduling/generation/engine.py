@@ -45,8 +45,8 @@ from server.pipelines.text import Detokenizer, TextCodec
 from server.scheduling.base import Job, Outputs
 from server.scheduling.generation.blocks import BlockManager
 from server.scheduling.generation.planner import Budget, Planner, Seq
-from server.scheduling.generation.runner import SeqWork
 from server.scheduling.generation.sampling import Draw, SamplingParams, params_from, sample
+from server.scheduling.generation.work import SeqWork
 
 log = logging.getLogger(__name__)
 
@@ -389,8 +389,11 @@ class GenerationEngine:
 
     def _outputs(self, request: _Request, choice: _Choice, chunk: Chunk) -> Outputs:
         width = request.params.top_logprobs
-        top_ids = np.array([[t for t, _ in row] for row in chunk.top], dtype=np.int32).reshape(-1, width)
-        top_lp = np.array([[lp for _, lp in row] for row in chunk.top], dtype=np.float32).reshape(-1, width)
+        top_ids = np.zeros((len(chunk.token_ids), width), dtype=np.int32)
+        top_lp = np.zeros((len(chunk.token_ids), width), dtype=np.float32)
+        for row, entries in enumerate(chunk.top):
+            for column, (token, logprob) in enumerate(entries):
+                top_ids[row, column], top_lp[row, column] = token, logprob
         return {
             "text_output": np.array([chunk.text.encode("utf-8")], dtype=np.object_),
             "index": np.array([chunk.index], dtype=np.int32),

@@ -35,7 +35,6 @@ whether its prompt was prefilled in one chunk or several) is by construction:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,32 +42,12 @@ import torch
 import torch.nn.functional as F
 
 from .models import CausalLM, load_checkpoint
+from .work import RunnerSpec, SeqWork
 
 ROW_TILE = 16
 KEY_ALIGN = 64
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SDPA_BACKENDS = {0: "math", 1: "flash_attention", 2: "efficient_attention", 3: "cudnn_attention", 4: "overrideable"}
-
-
-@dataclass(frozen=True, slots=True)
-class SeqWork:
-    # tokens: ids to compute this step (len >= 1): a prefill chunk, or the one newest token in decode
-    tokens: Sequence[int]
-    start: int  # position of tokens[0]; positions [0, start) are already in the KV cache
-    block_table: Sequence[int]  # physical block ids covering positions [0, start + len(tokens))
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerSpec:
-    vocab_size: int
-    max_model_len: int
-    block_size: int
-    num_blocks: int
-    eos_token_ids: tuple[int, ...]
-    model_type: str
-    device: str
-    dtype: str
-    attention: str  # which attention kernel is used, in words
 
 
 def _ceil_to(n: int, m: int) -> int:
