@@ -18,8 +18,8 @@ carrying llguidance's message: keywords it does not implement (``if``/``then``/`
 
 Whitespace is bounded: none before the top-level value, none after it (the matcher stops at the value's last
 byte, so ``Matcher.is_finished`` turns true there and the engine ends with ``finish_reason`` "stop"), and between
-tokens of the JSON text at most one line break and 16 spaces or tabs (:data:`WHITESPACE_PATTERN`), enough for
-compact, ``json.dumps``-style and indented output, too little for a model to loop on whitespace. Schema
+tokens of the JSON text at most one space (:data:`WHITESPACE_PATTERN`): compact or ``json.dumps``-style output
+(no indentation), so that even a model that favours whitespace reaches the end of the value. Schema
 ``x-guidance`` options cannot lift the bound (ours are llguidance's ``overrides``).
 
 Cost: ``python -m server.pipelines.grammar path/to/tokenizer.json`` runs :func:`measure` (uniform sampling from
@@ -48,8 +48,8 @@ import numpy as np
 
 __all__ = ["GrammarError", "Grammars", "Grammar", "Matcher", "WHITESPACE_PATTERN", "measure"]
 
-# between tokens of the JSON text: at most one line break, then at most 16 spaces / tabs
-WHITESPACE_PATTERN = r"(\x0D?\x0A)?[\x20\x09]{0,16}"
+# between tokens of the JSON text: at most one space (compact JSON, or json.dumps' ", " and ": ")
+WHITESPACE_PATTERN = r"\x20?"
 # applied after the schema's own x-guidance options, so a request cannot widen them
 _JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": WHITESPACE_PATTERN, "lenient": False,
                  "coerce_one_of": False, "item_separator": ",", "key_separator": ":"}

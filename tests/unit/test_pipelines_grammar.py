@@ -162,17 +162,17 @@ def test_whitespace_is_bounded(grammars, tokenizer):
             return False
         return True
 
-    assert accepts('{"a":1}') and accepts('{"a": 1, "b": 2}') and accepts('{\n  "a": {\n    "b": 1\n  }\n}')
+    assert accepts('{"a":1}') and accepts('{"a": 1, "b": 2}')  # compact and json.dumps' separators
     assert not accepts(' {"a":1}')  # no leading whitespace
-    assert not accepts('{\n\n"a":1}')  # at most one line break between tokens
-    assert not accepts('{' + ' ' * 17 + '"a":1}')  # at most 16 spaces after it
+    assert not accepts('{\n"a":1}')  # no line breaks
+    assert not accepts('{  "a":1}')  # at most one space between tokens
     # a whitespace-only token is never allowed once a gap is full
     matcher = grammar.matcher()
-    for token in tokenizer.encode('{' + ' ' * 16).ids:
+    for token in tokenizer.encode('{ ').ids:
         matcher.accept(token)
     allowed = matcher.allowed()
     for i in np.flatnonzero(allowed):
-        assert tokenizer.decode([int(i)]).strip() != ""
+        assert tokenizer.decode([int(i)]).strip() != "" or int(i) == grammar.eos_token_id
 
 
 def test_disallowed_token_raises_and_keeps_state(grammars, tokenizer):
