@@ -93,7 +93,8 @@ def build_default_repository(dest: Path, *, force: bool = False) -> None:
     ``shapes``: the shapes detector, fp32 ONNX; ``shapes_detect``: the ensemble /v1/detect calls;
     ``digits_vae`` (generate.latent -> ``digits_vae_decoder``) and ``digits_vae_encoder``;
     ``digits_diffusion``: the U-Net behind the step-level DDIM sampler; ``speech_ctc`` (the
-    recognizer) behind ``speech`` and ``speech_stream`` (transcription, /v1/audio/transcriptions)."""
+    recognizer) behind ``speech`` and ``speech_stream`` (transcription, /v1/audio/transcriptions);
+    ``textgen`` (text generation, /v1/completions and /v1/chat/completions)."""
     from models import shapes_detector
 
     dest = Path(dest)
@@ -107,6 +108,27 @@ def build_default_repository(dest: Path, *, force: bool = False) -> None:
     write_detect_pipeline(dest, "shapes_detect", "shapes", shapes.spec.inputs[0].shape[-1], shapes_detector.LABELS)
     build_generative_entries(dest, force=force)
     build_speech_entries(dest, force=force)
+    build_text_entries(dest, force=force)
+
+
+TEXTGEN = Path(__file__).resolve().parents[1] / "models" / "weights" / "textgen"
+
+
+def build_text_entries(dest: Path, *, force: bool = False) -> None:
+    """``textgen``: the small GPT-2-style model (``models/gpt.py``, trained by
+    ``models/train_gpt.py``), a Hugging Face checkpoint folder served as it is by the
+    generation engine (no config.pbtxt: the engine's defaults)."""
+    import shutil
+
+    version = Path(dest) / "textgen" / "1"
+    same = version.is_dir() and all(
+        (version / f.name).is_file() and (version / f.name).read_bytes() == f.read_bytes() for f in TEXTGEN.iterdir()
+    )
+    if same and not force:
+        return
+    if version.exists():
+        shutil.rmtree(version)
+    shutil.copytree(TEXTGEN, version)
 
 
 def build_speech_entries(dest: Path, *, force: bool = False) -> None:
