@@ -334,6 +334,25 @@ def model_facts(folder: Path) -> dict:
             "params": params, "eos_token_id": cfg.get("eos_token_id")}
 
 
+def write_standin(folder: Path, tmp: Path) -> None:
+    """A checkpoint of textgen's shape, untrained: train_gpt's tokenizer recipe on its corpus,
+    ``models.gpt.GPT`` at train_gpt's default sizes (seeded random weights), ``save_hf``."""
+    import torch
+
+    from models import text_corpus
+    from models.gpt import GPT, GPTConfig, save_hf
+    from models.train_gpt import train_tokenizer
+
+    defaults = {"vocab": 4096, "n_layer": 4, "n_head": 4, "n_embd": 192, "block_size": 256}
+    train_docs, _ = text_corpus.split(text_corpus.documents())
+    tok = train_tokenizer([d.text for d in train_docs], defaults["vocab"])
+    tok.save(str(tmp / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=defaults["block_size"],
+                          n_layer=defaults["n_layer"], n_head=defaults["n_head"], n_embd=defaults["n_embd"])).eval()
+    save_hf(model, tmp / "tokenizer.json", folder)
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -347,7 +366,15 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="deepserve-generation-") as tmp:
         repo = Path(tmp) / "repo"
         folder = repo / MODEL / "1"
-        if args.tiny:
+        if args.standin:
+            write_standin(folder, Path(tmp))
+            weights = {"path": "models.train_gpt's recipe, untrained", "fallback": True,
+                       "note": "models/weights/textgen was not there when the run began; this is a stand-in of the "
+                               "same shape and layout (models.gpt.GPT with train_gpt's default sizes, its tokenizer "
+                               "trained on the same corpus, random weights, saved by models.gpt.save_hf): the same "
+                               "compute per token, but its answers are not the trained model's (structured-output "
+                               "lengths differ)"}
+        elif args.tiny:
             from tests.integration.generation_fixtures import write_gpt2
 
             write_gpt2(folder)
@@ -355,7 +382,7 @@ def run(args: argparse.Namespace) -> dict:
                        "note": "a tiny random gpt2 (tests' fixture), served under the default model's name"}
         else:
             if not (WEIGHTS / "model.safetensors").is_file():
-                raise SystemExit(f"{WEIGHTS} has no model.safetensors (train it, or pass --tiny for a smoke test)")
+                raise SystemExit(f"{WEIGHTS} has no model.safetensors (train it, or pass --standin / --tiny)")
             shutil.copytree(WEIGHTS, folder)
             weights = {"path": str(WEIGHTS.relative_to(ROOT)), "fallback": False}
         weights["sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
@@ -393,6 +420,8 @@ def main() -> None:
     parser.add_argument("--structured-seconds", type=float, default=15.0, help="length of each structured phase (s)")
     parser.add_argument("--naive-requests", type=int, default=8, help="requests of the naive transformers loop")
     parser.add_argument("--static-runs", type=int, default=3, help="timed runs of the static batch (median)")
+    parser.add_argument("--standin", action="store_true",
+                        help="serve an untrained checkpoint of textgen's shape (when models/weights/textgen is missing)")
     parser.add_argument("--tiny", action="store_true", help="serve a tiny random gpt2 instead of models/weights/textgen")
     add_output_arguments(parser, quiet_wait_s=60.0)
     args = parser.parse_args()
