@@ -61,7 +61,8 @@ def tokens_per_s(phase: dict | None) -> float | None:
 
 
 def phase_summary(phase: dict | None) -> dict:
-    """p50 / p99 of TTFT, TPOT (per request) and inter-token gaps; tokens/s; counts."""
+    """p50 / p99 of TTFT, TPOT (per request) and inter-token gaps (``itl_q``: the bench's
+    quantiles of every gap; older files hold the gaps as ``itl_ms``); tokens/s; counts."""
     phase = phase or {}
     ttft, tpot, itl = phase.get("ttft_ms", []), phase.get("tpot_ms", []), phase.get("itl_ms", [])
     server = phase.get("server") or {}
@@ -75,7 +76,8 @@ def phase_summary(phase: dict | None) -> dict:
         "mean_tokens": _div(phase.get("output_tokens"), len(ttft)) if ttft else None,
         "ttft_p50": quantile(ttft, 0.5), "ttft_p99": quantile(ttft, 0.99),
         "tpot_p50": quantile(tpot, 0.5), "tpot_p99": quantile(tpot, 0.99),
-        "itl_p50": quantile(itl, 0.5), "itl_p99": quantile(itl, 0.99),
+        "itl_p50": (phase.get("itl_q") or {}).get("p50_ms", quantile(itl, 0.5)),
+        "itl_p99": (phase.get("itl_q") or {}).get("p99_ms", quantile(itl, 0.99)),
         "e2e_p50": quantile(phase.get("e2e_ms", []), 0.5),
         "server_cores": phase.get("server_cores"), "client_cores": phase.get("client_cores"),
         "others_cores": phase.get("others_cores"),

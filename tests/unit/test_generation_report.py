@@ -116,3 +116,10 @@ def test_missing_figures_render_as_na_not_a_crash():
     assert "the 16-stream speedup could not be computed" in page
     assert "Not measured in this run." in page
     assert "MISSED" in gr.headline(results)[0]
+
+
+def test_gap_quantiles_recorded_by_the_bench_are_used_as_given():
+    results = copy.deepcopy(RESULTS)
+    results["levels"]["16"].pop("itl_ms")
+    results["levels"]["16"]["itl_q"] = {"p50_ms": 12.5, "p99_ms": 80.25, "count": 1000}
+    assert "| 27.50 / 30.00 | 12.50 / 80.25 |" in gr.render(results)
