@@ -16,6 +16,9 @@ deepserve_request_duration_seconds           histogram  end to end, decode to en
 deepserve_queue_duration_seconds             histogram  enqueue -> batch start
 deepserve_compute_duration_seconds           histogram  runtime execute, per batch
 deepserve_batch_size                         histogram  rows per execution
+deepserve_batch_close_total{reason}          counter    why each batch was closed: max_batch_size,
+                                                        preferred_size, max_queue_delay, queue_empty,
+                                                        instance_idle (docs/batching.md)
 deepserve_pending_requests                   gauge      queued, not yet running
 deepserve_inflight_requests                  gauge      accepted, not yet answered
 deepserve_model_load_duration_seconds        gauge      time the last load took
@@ -71,6 +74,8 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from server.scheduling.queue import CLOSE_REASONS
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (
@@ -104,6 +109,8 @@ class Metrics:
             "deepserve_compute_duration_seconds", "Runtime execution time per batch", labels, buckets=LATENCY_BUCKETS_S, registry=r
         )
         self.batch_size = Histogram("deepserve_batch_size", "Rows per execution", labels, buckets=BATCH_BUCKETS, registry=r)
+        self.batch_close = Counter("deepserve_batch_close", "Batches closed, by why they were closed", (*labels, "reason"),
+                                   registry=r)
         self.pending = Gauge("deepserve_pending_requests", "Requests queued, not yet running", labels, registry=r)
         self.inflight = Gauge("deepserve_inflight_requests", "Requests accepted, not yet answered", labels, registry=r)
         self.load_s = Gauge("deepserve_model_load_duration_seconds", "Time the last load of the model took", labels, registry=r)
@@ -149,6 +156,11 @@ class Metrics:
         for reason in FAILURE_REASONS:
             try:
                 self.failure.remove(name, version, reason)
+            except KeyError:
+                pass
+        for reason in CLOSE_REASONS:
+            try:
+                self.batch_close.remove(name, version, reason)
             except KeyError:
                 pass
         for labels in [k for k in self.step_labels if k[:2] == (name, version)]:
@@ -240,6 +252,9 @@ class ModelMetrics:
 
     def failure(self, reason: str) -> None:
         self._metrics.failure.labels(*self._labels, reason).inc()
+
+    def batch_close(self, reason: str) -> None:
+        self._metrics.batch_close.labels(*self._labels, reason).inc()
 
     def generation(self) -> GenerationMetrics:
         return GenerationMetrics(self._metrics.generation, *self._labels)

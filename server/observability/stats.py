@@ -145,6 +145,9 @@ class ModelTelemetry:
         stat.compute_infer.add(timings.infer_s)
         stat.compute_output.add(timings.output_s)
 
+    def batch_closed(self, reason: str) -> None:
+        self.metrics.batch_close(reason)
+
     def response_sent(self, index: int, compute_s: float) -> None:
         self.metrics.responses.inc()
         self.stats.responses.setdefault(index, ResponseStat()).success.add(compute_s)

@@ -70,6 +70,8 @@ class BatchObserver(Protocol):
 
     def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None: ...
 
+    def batch_closed(self, reason: str) -> None: ...
+
     def response_sent(self, index: int, compute_s: float) -> None: ...
 
     def stream_cancelled(self, index: int) -> None: ...
@@ -80,6 +82,9 @@ class NullObserver:
         pass
 
     def batch_done(self, batch_rows: int, requests: int, timings: BatchTimings, ok: bool) -> None:
+        pass
+
+    def batch_closed(self, reason: str) -> None:
         pass
 
     def response_sent(self, index: int, compute_s: float) -> None:
@@ -300,6 +305,7 @@ class DynamicBatcher:
                 if not from_loop and (plan.wake_at_s is not None or self._closing):
                     self._wake.set()
                 return plan
+            self._observer.batch_closed(plan.batch.reason)
             self._start(plan.batch, self._idle.pop())
 
     # -- running a batch -----------------------------------------------------------

@@ -52,10 +52,20 @@ def batch_key(inputs: dict[str, np.ndarray]) -> tuple:
     return tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(inputs.items()))
 
 
+# Why a batch was closed (``Batch.reason``; counted by deepserve_batch_close_total{reason}):
+MAX_BATCH_SIZE = "max_batch_size"  # the next compatible request would not fit (or it is exactly full)
+PREFERRED_SIZE = "preferred_size"  # a preferred batch size could be formed
+MAX_QUEUE_DELAY = "max_queue_delay"  # the oldest request waited max_queue_delay_microseconds
+QUEUE_EMPTY = "queue_empty"  # no delay to wait: an instance was idle and the batch took every queued request
+INSTANCE_IDLE = "instance_idle"  # no delay to wait: an instance was idle; queued requests of other shapes stay
+CLOSE_REASONS = (MAX_BATCH_SIZE, PREFERRED_SIZE, MAX_QUEUE_DELAY, QUEUE_EMPTY, INSTANCE_IDLE)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     requests: tuple[QueuedRequest, ...]
     rows: int
+    reason: str = QUEUE_EMPTY  # one of CLOSE_REASONS
 
 
 @dataclass(slots=True)
@@ -103,14 +113,16 @@ class BatchScheduler:
         if not can_dispatch or self._count == 0:
             return plan
         chosen, rows, full = self._candidates()
-        size = self._dispatch_size(chosen, rows, full, now_s)
+        size, reason = self._dispatch_size(chosen, rows, full, now_s)
         if size is None:
             head = chosen[0]
             plan.wake_at_s = _earliest(plan.wake_at_s, head.enqueued_s + self.policy.max_queue_delay_us / 1e6)
             return plan
         batch = chosen[:size]
+        if reason == QUEUE_EMPTY and size < self._count:
+            reason = INSTANCE_IDLE
         self._remove(batch)
-        plan.batch = Batch(tuple(batch), sum(r.rows for r in batch))
+        plan.batch = Batch(tuple(batch), sum(r.rows for r in batch), reason)
         return plan
 
     # -- phases --------------------------------------------------------------------
@@ -161,20 +173,23 @@ class BatchScheduler:
             rows.append(total)
         return chosen, rows, rows[-1] >= self.policy.max_batch_size
 
-    def _dispatch_size(self, chosen: list[QueuedRequest], rows: list[int], full: bool, now_s: float) -> int | None:
-        """How many of ``chosen`` to run now, or None to wait for more (Triton's rules:
+    def _dispatch_size(self, chosen: list[QueuedRequest], rows: list[int], full: bool,
+                       now_s: float) -> tuple[int | None, str]:
+        """How many of ``chosen`` to run now (None: wait for more), and why (Triton's rules:
         the largest preferred size that can be formed; else, once the batch is full or
         the oldest request has waited ``max_queue_delay``, everything that fits)."""
         policy = self.policy
         preferred = [i + 1 for i, total in enumerate(rows) if total in policy.preferred_batch_sizes]
         if preferred:
-            return preferred[-1]
+            return preferred[-1], PREFERRED_SIZE
         if full:
-            return len(chosen)
+            return len(chosen), MAX_BATCH_SIZE if policy.batching else QUEUE_EMPTY
+        if policy.max_queue_delay_us <= 0:
+            return len(chosen), QUEUE_EMPTY
         waited_us = (now_s - chosen[0].enqueued_s) * 1e6
         if waited_us >= policy.max_queue_delay_us:
-            return len(chosen)
-        return None
+            return len(chosen), MAX_QUEUE_DELAY
+        return None, ""
 
     def _remove(self, batch: list[QueuedRequest]) -> None:
         ids = {id(r) for r in batch}

@@ -209,6 +209,11 @@ def test_metrics_are_exposed_in_prometheus_format(client, raw, digits):
     assert samples[("deepserve_inference_count_total", "digits")] >= 3
     assert samples[("deepserve_request_duration_seconds_count", "digits")] >= 1
     assert samples[("deepserve_model_load_duration_seconds", "digits")] > 0
+    # every batch is counted once with why it closed (docs/batching.md)
+    closes = {s.labels["reason"]: s.value for s in families["deepserve_batch_close"].samples
+              if s.labels.get("model") == "digits" and s.name.endswith("_total")}
+    assert set(closes) <= {"max_batch_size", "preferred_size", "max_queue_delay", "queue_empty", "instance_idle"}
+    assert sum(closes.values()) == samples[("deepserve_execution_count_total", "digits")]
 
 
 def test_raw_binary_request_without_a_json_header(raw, digits):

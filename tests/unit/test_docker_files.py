@@ -102,6 +102,7 @@ def exported_metric_names() -> frozenset[str]:
     registry_metrics = metrics_module.Metrics()
     model = registry_metrics.model("m", "1")
     model.failure("INVALID")
+    model.batch_close("queue_empty")  # a batch-close series exists once a batch ran
     model.step("s").observe(0.001)  # an ensemble step series exists once a step ran
     model.generation()  # a generation model's children (the families are there without them)
     names = {sample.name for family in registry_metrics.registry.collect() for sample in family.samples}

@@ -166,3 +166,21 @@ def test_the_clients_deadline_rejects_even_under_delay_and_never_reaches_a_batch
     assert plan.batch is None and len(s) == 1  # the other one keeps waiting for its delay
     plan = s.schedule(1.0)
     assert plan.batch is not None and late not in plan.batch.requests
+
+
+def test_each_batch_says_why_it_was_closed():
+    def closed(p: BatchPolicy, rows: list[int], now: float, widths: list[int] | None = None) -> str:
+        s = BatchScheduler(p)
+        for i, r in enumerate(rows):
+            s.add(request(r, 0.0, width=(widths or [4] * len(rows))[i]))
+        plan = s.schedule(now)
+        return plan.batch.reason if plan.batch else "waits"
+
+    assert closed(policy(), [2, 3], 0.0) == "queue_empty"  # no delay: everything queued went at once
+    assert closed(policy(), [2, 3], 0.0, widths=[4, 5]) == "instance_idle"  # another shape stays queued
+    assert closed(policy(max_queue_delay_us=1000), [1], 0.0005) == "waits"
+    assert closed(policy(max_queue_delay_us=1000), [1], 0.001) == "max_queue_delay"
+    assert closed(policy(max_queue_delay_us=10**7), [4, 4], 0.0) == "max_batch_size"
+    assert closed(policy(max_queue_delay_us=10**7), [4, 3, 3], 0.0) == "max_batch_size"  # the third would overflow
+    assert closed(policy(max_queue_delay_us=10**7, preferred_batch_sizes=(2,)), [1, 1, 1], 0.0) == "preferred_size"
+    assert closed(policy(batching=False, max_batch_size=0), [1, 1], 0.0) == "instance_idle"  # no batching: one at a time
