@@ -326,6 +326,24 @@ def section_transcription(results_dir: Path = Path(__file__).with_name("results"
     ]
 
 
+def section_generation(results_dir: Path = Path(__file__).with_name("results")) -> list[str]:
+    """The headline of the newest ``generation-*.json`` (its own run)."""
+    from loadtests.generation_report import headline
+
+    files = sorted(results_dir.glob("generation-*.json"))
+    if not files:
+        return ["Not measured yet: `python -m loadtests.generation_bench`."]
+    results = json.loads(files[-1].read_text())
+    return [
+        (f"`loadtests/generation_bench.py`, a separate run (`{files[-1].name}`; method, latency percentiles at 1, 4 "
+         "and 16 streams, baselines and the structured-output cost in `docs/benchmarks-generation.md`): the default "
+         "`textgen` model streamed over `/v1/completions`; target: tokens/s at 16 streams >= 5x a single stream, "
+         "against transformers' `generate()` one at a time and statically batched on the same weights."),
+        "",
+        *headline(results),
+    ]
+
+
 def render(data: dict) -> str:
     fig = Figures(data)
     meta = data["meta"]
@@ -410,6 +428,10 @@ def render(data: dict) -> str:
         "## 9. Transcription: real-time factor and batching across streams",
         "",
         *section_transcription(),
+        "",
+        "## 10. Text generation: continuous batching across streams",
+        "",
+        *section_generation(),
         "",
         "## Exact configurations",
         "",
