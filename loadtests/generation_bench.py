@@ -403,11 +403,13 @@ def run(args: argparse.Namespace) -> dict:
         results["settings"]["prompt_tokens"] = [len(ids) for ids in results["prompt_ids"]]
         eos = facts.get("eos_token_id")
         eos = eos[0] if isinstance(eos, list) else (0 if eos is None else eos)
-        t = time.perf_counter()
+        t, busy0, own0 = time.perf_counter(), busy_cpu_s(), own_cpu_s()
         print("  baselines ...", flush=True)
         results["baselines"] = baselines(folder, results["prompt_ids"], args.naive_requests, max(levels),
                                          args.static_runs, eos)
-        results["baselines"]["seconds"] = time.perf_counter() - t
+        wall = time.perf_counter() - t
+        results["baselines"]["seconds"] = wall
+        results["baselines"]["others_cores"] = max(0.0, (busy_cpu_s() - busy0 - (own_cpu_s() - own0)) / wall)
         results["settings"]["threads"]["baseline"] = results["baselines"]["threads"]
     results["total_s"] = time.perf_counter() - wall0
     note_edits(results, WATCHED)

@@ -202,7 +202,26 @@ def baseline_sentence(results: dict) -> str | None:
             f"one-at-a-time loop {_f(b['naive'], 1)} tokens/s; static batch of {b['static_batch']} "
             f"{_f(b['static'], 1)} tokens/s. The server at 1 stream is {_x(_div(v['one'], b['naive']))} the naive loop; "
             f"at {v['top']} streams {_x(_div(v['many'], b['naive']))} the naive loop and "
-            f"{_x(_div(v['many'], b['static']))} static batching.")
+            f"{_x(_div(v['many'], b['static']))} static batching.{_step_compare(results)}")
+
+
+def _step_compare(results: dict) -> str:
+    """Time per decode step: transformers (one request's time / its tokens; one batch's time /
+    its tokens per row) against the server's p50 gap between tokens, at 1 and at 16 sequences."""
+    b = baseline_rates(results)
+    v = verdict(results)
+    n = results.get("settings", {}).get("max_tokens")
+    one, top = phase_summary(level(results, 1)), phase_summary(level(results, v["top"]))
+    if not n or b["naive_p50_s"] is None or b["static_wall_s"] is None or one["itl_p50"] is None:
+        return ""
+    others = (results.get("baselines") or {}).get("others_cores")
+    load = "" if others is None else f" (other load during the baselines: {others:.2f} cores)"
+    return (f" Per decode step, transformers took {b['naive_p50_s'] * 1e3 / n:.2f} ms for one sequence and "
+            f"{b['static_wall_s'] * 1e3 / n:.2f} ms for a batch of {b['static_batch']}{load}; the server "
+            f"{_f(one['itl_p50'], 2)} ms and {_f(top['itl_p50'], 2)} ms (p50 gap between tokens at 1 and "
+            f"{v['top']} streams): the same weights, so the difference is the server's per-step work outside the "
+            "model's arithmetic (its engine loop, fixed 16-row tiles and padded attention for batch invariance, one "
+            "HTTP event per token) plus the cores it shares with the load generator and other load.")
 
 
 # ---- the page ---------------------------------------------------------------------------------

@@ -123,3 +123,10 @@ def test_gap_quantiles_recorded_by_the_bench_are_used_as_given():
     results["levels"]["16"].pop("itl_ms")
     results["levels"]["16"]["itl_q"] = {"p50_ms": 12.5, "p99_ms": 80.25, "count": 1000}
     assert "| 27.50 / 30.00 | 12.50 / 80.25 |" in gr.render(results)
+
+
+def test_step_times_are_compared_with_transformers():
+    page = gr.render(copy.deepcopy(RESULTS))
+    # naive p50 1.0 s / 64 tokens = 15.62 ms; static 4.0 s / 64 = 62.50 ms; server gaps 10.00 and 20.00 ms
+    assert ("Per decode step, transformers took 15.62 ms for one sequence and 62.50 ms for a batch of 16; the server "
+            "10.00 ms and 20.00 ms") in page
