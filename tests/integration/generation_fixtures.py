@@ -75,7 +75,8 @@ def reference(folder: Path):
 
 def build_generation_repository(repo: Path) -> Path:
     """``tiny_gpt2`` and ``tiny_llama`` (no config.pbtxt: served as found), ``tiny_small``
-    (gpt2 with one running sequence, one waiting, a small KV cache: the limits), and
+    (gpt2 with one running sequence, one waiting, a small KV cache: the limits), ``tiny_tight``
+    (gpt2 with a KV cache of 48 tokens: preemption), and
     ``textgen`` (the shipped default) when its weights are present."""
     write_gpt2(repo / "tiny_gpt2" / "1")
     write_llama(repo / "tiny_llama" / "1")
@@ -85,6 +86,12 @@ def build_generation_repository(repo: Path) -> Path:
         'parameters { key: "max_num_seqs" value: { string_value: "1" } }\n'
         'parameters { key: "max_waiting" value: { string_value: "1" } }\n'
         'parameters { key: "num_kv_blocks" value: { string_value: "12" } }\n'
+        'parameters { key: "block_size" value: { string_value: "8" } }\n'
+    )
+    write_gpt2(repo / "tiny_tight" / "1")
+    (repo / "tiny_tight" / "config.pbtxt").write_text(  # 6 blocks of 8 tokens: a few sequences preempt each other
+        'backend: "generation"\n'
+        'parameters { key: "num_kv_blocks" value: { string_value: "6" } }\n'
         'parameters { key: "block_size" value: { string_value: "8" } }\n'
     )
     if TEXTGEN.is_dir():

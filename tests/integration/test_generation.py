@@ -217,6 +217,23 @@ def test_a_cancelled_stream_frees_its_blocks(url):
     assert metric(url, "vllm:num_requests_running", "tiny_gpt2") == 0
 
 
+def test_sequences_preempted_for_memory_are_recomputed_to_the_same_tokens(url):
+    """Three greedy sequences of 2 + 30 tokens need 4 blocks each; the cache has 6 (5 usable): they preempt
+    each other, and each still yields what it yields alone."""
+    prompts = [[5, 17], [42, 99], [7, 63]]
+
+    def run(prompt: list[int]) -> list[int]:
+        return generate(url, "tiny_tight", {"input_ids": prompt, "max_tokens": 30,
+                                            "parameters": {"temperature": 0, "ignore_eos": True}})["token_ids"]
+
+    alone = [run(p) for p in prompts]
+    before = metric(url, "deepserve_generation_preemptions_total", "tiny_tight")
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(run, prompts))
+    assert together == alone
+    assert metric(url, "deepserve_generation_preemptions_total", "tiny_tight") > before
+
+
 # -- limits and bad input ---------------------------------------------------------------------
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "tiny_gpt2", "prompt": "word " * 200}, 400, "context is 128 tokens"),
@@ -227,6 +244,7 @@ def test_a_cancelled_stream_frees_its_blocks(url):
     ({"model": "tiny_gpt2", "prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}}, 400, "response_format"),
     ({"model": "tiny_gpt2", "prompt": [999999]}, 400, "outside the vocabulary"),
     ({"model": "tiny_gpt2", "prompt": "x", "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"model": "tiny_small", "prompt": "Hello", "max_tokens": 100}, 400, "needs 13 KV-cache blocks of 8 tokens"),
 ])
 def test_limits_and_bad_input_in_openai_error_shape(url, body, status, words):
     response = httpx.post(f"{url}/v1/completions", json=body, timeout=30)

@@ -235,10 +235,11 @@ class GenerationEngine:
         if params.max_tokens is not None and params.max_tokens > room:
             raise InvalidInput(f"max_tokens is {params.max_tokens}, but the context of {limit} tokens leaves "
                                f"{room} after the prompt's {size}")
-        max_tokens = params.max_tokens or room
         usable = self.config.num_blocks - self.config.budget.watermark_blocks
+        capacity = usable * self.config.block_size  # tokens one sequence can hold in the whole cache
+        max_tokens = params.max_tokens or min(room, capacity - size)  # unasked: as much as fits
         need = self.blocks.blocks_for(size + max_tokens)
-        if need > usable:
+        if max_tokens < 1 or need > usable:
             raise InvalidInput(f"the prompt ({size} tokens) plus max_tokens ({max_tokens}) needs {need} KV-cache blocks "
                                f"of {self.config.block_size} tokens; this model's cache has {usable}")
         return replace(params, max_tokens=max_tokens)
