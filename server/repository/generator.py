@@ -10,7 +10,8 @@ Parameters (strings, as every config parameter), each with its default:
 ``cpu``), ``dtype`` (``float32``; ``float16``/``bfloat16`` on CUDA), ``block_size``
 (16 tokens), ``kv_cache_bytes`` (the runner's default: 256 MiB on CPU) or
 ``num_kv_blocks``, ``max_model_len`` (the checkpoint's), ``max_num_seqs`` (64),
-``max_num_batched_tokens`` (512), ``max_waiting`` (``dynamic_batching``'s
+``max_num_batched_tokens`` (512), ``cpu_threads`` (torch's threads in the engine's thread:
+1 for a hidden size up to 512, else every core), ``max_waiting`` (``dynamic_batching``'s
 ``max_queue_size``, else the server's default queue size), ``enable_prefix_caching``
 (``true``). ``torch`` is imported only here, when a generation model loads.
 """
@@ -100,7 +101,7 @@ def load_generation(name: str, version: str, model_dir: Path, config: ModelConfi
         runner = ModelRunner(folder, block_size=_int(p, "block_size", 16), kv_cache_bytes=cache_bytes,
                              num_blocks=_int(p, "num_kv_blocks", None), device=_device(config, p),
                              dtype=p.get("dtype", "float32"), max_model_len=_int(p, "max_model_len", None),
-                             threads=options.cpu_threads or None)
+                             threads=_int(p, "cpu_threads", None))
     except ValueError as exc:
         raise InvalidInput(f"generation model '{name}': {exc}") from None
     try:
