@@ -394,7 +394,8 @@ def run(args: argparse.Namespace) -> dict:
             "temperature": 0, "ignore_eos": True, "levels": levels, "seconds": args.seconds,
             "structured_seconds": args.structured_seconds, "targets": {"speedup": TARGET_SPEEDUP},
             "client": "httpx " + package_version("httpx") + ", asyncio", "prompts": list(PROMPTS),
-            "threads": {"server": f"torch's default ({torch.get_num_threads()} here; no --cpu-threads)",
+            "threads": {"server": "the engine's default: 1 torch thread in its stepping thread for a model of "
+                                  "hidden size <= 512 (server/scheduling/generation/runner.py)",
                         "baseline": torch.get_num_threads()},
         }
         with fx.server_process(repo, timeout_s=300) as (server, _proc):
