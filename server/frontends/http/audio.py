@@ -23,14 +23,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from server.core.errors import DeepserveError, InvalidInput
 from server.core.types import InferenceRequest, InferenceResponse
 from server.frontends.http.infer import first_response, until_disconnect
-from server.frontends.http.responses import json_response
+from server.frontends.http.responses import event_stream, json_response, sse_event
 from server.pipelines import ctc
 from server.service import InferenceService, ModelMetadata
 
@@ -243,29 +242,25 @@ async def _stream(request: Request, service: InferenceService, infer: InferenceR
                 transcript = transcript_of(response)
                 if transcript["final"] and not said and transcript["text"]:  # a model that does not stream
                     said = True
-                    yield _event({"type": "transcript.text.delta", "delta": transcript["text"]})
+                    yield sse_event({"type": "transcript.text.delta", "delta": transcript["text"]})
                 if transcript["final"]:
                     done: dict[str, Any] = {"type": "transcript.text.done", "text": transcript["text"],
                                             "usage": {"type": "duration", "seconds": transcript["duration"]}}
                     if options["logprobs"]:
                         done["logprobs"] = _logprobs(transcript)
-                    yield _event(done)
+                    yield sse_event(done)
                     break
                 if transcript["text"]:
                     delta = (" " if said else "") + transcript["text"]
                     said = True
-                    yield _event({"type": "transcript.text.delta", "delta": delta})
+                    yield sse_event({"type": "transcript.text.delta", "delta": delta})
                 response = await anext(responses, None)
         except DeepserveError as exc:
-            yield _event({"type": "error", "error": {"message": exc.message, "type": "server_error"}})
+            yield sse_event({"type": "error", "error": {"message": exc.message, "type": "server_error"}})
         finally:
             await responses.aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _event(body: dict) -> bytes:
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return event_stream(events())
 
 
 router.add_api_route(

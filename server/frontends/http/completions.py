@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from server.core.errors import DeepserveError, InvalidInput
 from server.core.types import InferenceRequest, InferenceResponse
 from server.frontends.http.body import read_json_object
+from server.frontends.http.errors import status_for
 from server.frontends.http.infer import deadline_from, first_response, until_disconnect
 from server.frontends.http.openai import error_body
-from server.frontends.http.responses import json_response
+from server.frontends.http.responses import event_stream, json_response, sse_event
 from server.pipelines.text import TextModel
 from server.service import InferenceService
 
@@ -74,6 +74,13 @@ class _Usage:
 
 def _service(request: Request) -> InferenceService:
     return request.app.state.service
+
+
+async def _json_body(request: Request) -> dict:
+    body = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
 
 
 def _text_model(service: InferenceService, body: dict) -> tuple[str, TextModel]:
@@ -199,9 +206,7 @@ async def chat_completions(request: Request) -> Response:
 async def _complete(request: Request, chat: bool) -> Response:
     service = _service(request)
     with service.accounting("", admit=False):
-        body = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
+        body = await _json_body(request)
     name = body.get("model", DEFAULT_MODEL)
     with service.accounting(name if isinstance(name, str) else ""):
         name, text_model = _text_model(service, body)
@@ -229,7 +234,7 @@ async def _complete(request: Request, chat: bool) -> Response:
         first = await first_response(request.receive, responses)
     events = _events(first, responses, meta, chat, text_model, bool(options.get("include_usage")), echo,
                      bool(parameters.get("logprobs")))
-    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return event_stream(events)
 
 
 async def _collect(responses: AsyncIterator[InferenceResponse], choices: dict[int, _Choice], usage: _Usage) -> None:
@@ -267,7 +272,7 @@ async def _events(first: InferenceResponse | None, responses: AsyncIterator[Infe
     usage_field = {"usage": None} if include_usage else {}
 
     def chunk(items: list[dict]) -> bytes:
-        return _event({**meta, "object": kind, "choices": items, **usage_field})
+        return sse_event({**meta, "object": kind, "choices": items, **usage_field})
 
     try:
         response = first
@@ -293,24 +298,18 @@ async def _events(first: InferenceResponse | None, responses: AsyncIterator[Infe
                 yield chunk([item])
             response = await anext(responses, None)
         if include_usage:
-            yield _event({**meta, "object": kind, "choices": [], "usage": usage.body()})
+            yield sse_event({**meta, "object": kind, "choices": [], "usage": usage.body()})
     except DeepserveError as exc:
-        yield _event(error_body(500 if exc.__class__.__name__ == "ModelError" else 400, exc.message))
+        yield sse_event(error_body(status_for(exc), exc.message))
     finally:
         await responses.aclose()
     yield b"data: [DONE]\n\n"
 
 
-def _event(body: dict) -> bytes:
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
 async def tokenize(request: Request) -> Response:
     """vLLM's ``POST /tokenize``: ``prompt`` or ``messages`` -> ``tokens``, ``count``, ``max_model_len``."""
     service = _service(request)
-    body = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
+    body = await _json_body(request)
     _, text_model = _text_model(service, body)
     codec = text_model.codec
     if "messages" in body:
@@ -328,9 +327,7 @@ async def tokenize(request: Request) -> Response:
 async def detokenize(request: Request) -> Response:
     """vLLM's ``POST /detokenize``: ``tokens`` -> ``prompt``."""
     service = _service(request)
-    body = await read_json_object(request.receive, request.headers, request.app.state.settings.max_request_bytes)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
+    body = await _json_body(request)
     _, text_model = _text_model(service, body)
     tokens = body.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):

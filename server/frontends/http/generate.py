@@ -17,9 +17,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from server.core import datatypes as dt
 from server.core.errors import DeepserveError, InvalidInput
@@ -28,7 +27,7 @@ from server.core.validation import check_version
 from server.frontends.http.body import read_json_object
 from server.frontends.http.codec import tensor_from_json
 from server.frontends.http.infer import deadline_from, first_response, until_disconnect
-from server.frontends.http.responses import json_response
+from server.frontends.http.responses import event_stream, json_response, sse_event
 from server.service import InferenceService
 
 router = APIRouter()
@@ -138,19 +137,15 @@ async def generate_stream(request: Request, model: str, version: str = "") -> Re
     async def events() -> AsyncIterator[bytes]:
         try:
             if first is not None:
-                yield _event(generate_body(first, batched))
+                yield sse_event(generate_body(first, batched))
                 async for response in responses:
-                    yield _event(generate_body(response, batched))
+                    yield sse_event(generate_body(response, batched))
         except DeepserveError as exc:
-            yield _event({"error": exc.message})
+            yield sse_event({"error": exc.message})
         finally:
             await responses.aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _event(body: dict) -> bytes:
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return event_stream(events())
 
 
 for path in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
