@@ -234,6 +234,23 @@ def test_sequences_preempted_for_memory_are_recomputed_to_the_same_tokens(url):
     assert metric(url, "deepserve_generation_preemptions_total", "tiny_tight") > before
 
 
+def test_a_better_priority_preempts_a_full_batch(url):
+    """tiny_small runs one sequence at a time: a priority-0 request arriving while a priority-5 one runs
+    takes its place at once, and the preempted one still finishes, recomputed."""
+    before = metric(url, "deepserve_generation_preemptions_total", "tiny_small")
+    low = {"model": "tiny_small", "prompt": "Hello", "max_tokens": 80, "stream": True, "ignore_eos": True,
+           "temperature": 0, "priority": 5}
+    with httpx.Client(timeout=120) as http, http.stream("POST", f"{url}/v1/completions", json=low) as response:
+        events = (line for line in response.iter_lines() if line.startswith("data: "))
+        next(events)  # the low-priority sequence is running
+        urgent = http.post(f"{url}/v1/completions", json={"model": "tiny_small", "prompt": "Hi", "max_tokens": 3,
+                                                           "priority": 0})
+        assert urgent.status_code == 200 and urgent.json()["choices"][0]["finish_reason"] == "length"
+        rest = [json.loads(line[6:]) for line in events if line != "data: [DONE]"]
+    assert rest[-1]["choices"][0]["finish_reason"] == "length"
+    assert metric(url, "deepserve_generation_preemptions_total", "tiny_small") > before
+
+
 # -- limits and bad input ---------------------------------------------------------------------
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "tiny_gpt2", "prompt": "word " * 200}, 400, "context is 128 tokens"),
