@@ -83,7 +83,7 @@ def _entry_for(family: Family, name: str, batching: bool) -> EntryConfig:
     inputs = tuple(TensorConfig(i.name, _TRITON_TYPES[i.dtype], i.dims) for i in spec.inputs)
     outputs = tuple(TensorConfig(o.name, _TRITON_TYPES[o.dtype], o.dims, "labels.txt" if family.labels and o.name == family.label_output else None)
                     for o in spec.outputs)
-    db = DynamicBatching(family.preferred_batch_size, 500) if batching else None
+    db = DynamicBatching(family.preferred_batch_size, family.max_queue_delay_us) if batching else None
     return EntryConfig(name, inputs, outputs, max_batch_size=family.max_batch_size, dynamic_batching=db)
 
 

@@ -34,6 +34,7 @@ class Family:
     finetune: Callable[[torch.nn.Module], torch.nn.Module] | None = None  # the model's own recipe, short
     max_batch_size: int = 64
     preferred_batch_size: tuple[int, ...] = (16, 32)
+    max_queue_delay_us: int = 500  # the repository entry's dynamic_batching delay
     # How lossy variants are judged when top-1 accuracy on ``held_out`` does not apply
     # (a detector: mAP); ``held_out`` then only feeds the element-wise checks.
     metric: TaskMetric | None = None
@@ -427,7 +428,9 @@ def _mlp_family() -> Family:
 
     spec = ExportSpec(inputs=(IOSpec("input", ("batch", 64), value_range=(-1.0, 1.0)),),
                       outputs=(IOSpec("logits", ("batch", 10)),), metric_tolerances=dict(_BENCH_METRIC))
-    return Family("mlp_tiny", spec, lambda _w: mlp_tiny(seed=0))
+    # No batching delay: a lone request runs at once (as without batching), and under load
+    # batches still form while the instance is busy.
+    return Family("mlp_tiny", spec, lambda _w: mlp_tiny(seed=0), max_queue_delay_us=0)
 
 
 FAMILIES: dict[str, Callable[[], Family]] = {
