@@ -14,10 +14,18 @@ measured, with ``loadtests.loadgen`` in this process, on the same cores as the s
    with JSON tensors at 32; with ``--profile-dir``, two extra profiled runs (py-spy);
 4. the hand-written FastAPI endpoint (``loadtests.baselines.fastapi_naive``) on mlp_tiny,
    JSON and raw bytes, with ONNX Runtime's default session and with deepserve's options;
+   with deepserve's options also raw bytes on both models at 1, 8, 32, 64 clients (the
+   peers' table);
 5. LitServe (``loadtests.baselines.litserve_onnx``, in ``--peer-python``'s venv) on both
    models, JSON list and base64-in-JSON, at 1, 8, 32, 64 clients;
+6. KServe's Python model server (``loadtests.baselines.kserve_onnx``, in its own venv under
+   ``--peers-root``) on both models, v2 JSON and v2 binary, at 1, 8, 32, 64 clients;
+7. Ray Serve with ``@serve.batch`` (``loadtests.baselines.rayserve_onnx``, its own venv) on
+   both models, JSON list, at 1, 8, 32, 64 clients;
 
-then writes the raw figures as JSON (``--json``) and the report (``loadtests.report``).
+then writes the raw figures as JSON (``--json``), the report (``loadtests.report``) and the
+peers' plots (``loadtests/plots.py`` in the ``plots`` venv, into ``--img-dir``). The peers'
+venvs come from ``.venv/bin/python -m loadtests.peers setup``; a missing one skips its phase.
 Benchmarks, not tests: nothing is asserted; a missed target is reported as measured.
 """
 
@@ -38,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests import inprocess, report, scenarios
+from loadtests import inprocess, peers, report, scenarios
 from loadtests.loadgen import LoadConfig, Scenario, new_event_loop, probe, run_load
 from loadtests.procs import ServerProcess, busy_cpu_s, free_port, own_cpu_s, wait_for_quiet
 
@@ -201,22 +209,28 @@ class Bench:
             server.stop()
 
     def run_fastapi(self) -> None:
-        model_path = self.repo / "mlp_tiny" / "1" / "model.onnx"
-        for name, server_options in (("fastapi-naive", "0"), ("fastapi-naive+ds-opts", "1")):
+        # (server, model, points per body format): the request-overhead section's points, and with
+        # deepserve's session options raw bytes at every client count on both models (the peers' table;
+        # /predict's pydantic body is 2-D, so resnet_bench only takes raw bytes).
+        runs = (("fastapi-naive", "0", "mlp_tiny", {"json-list": (1, 32), "raw-bytes": (1, 32)}),
+                ("fastapi-naive+ds-opts", "1", "mlp_tiny", {"json-list": (32,), "raw-bytes": CONCURRENCY}),
+                ("fastapi-naive+ds-opts", "1", "resnet_bench", {"raw-bytes": CONCURRENCY}))
+        for name, server_options, model, points in runs:
             port = free_port()
             server = self._server(name, [
                 PY, "-m", "uvicorn", "loadtests.baselines.fastapi_naive:app", "--host", "127.0.0.1", "--port",
                 str(port), "--log-level", "warning", "--no-access-log",
             ], f"http://127.0.0.1:{port}/health",
-                env={"FASTAPI_NAIVE_MODEL": str(model_path), "FASTAPI_NAIVE_SERVER_OPTIONS": server_options})
-            x, expected = self.inputs["mlp_tiny"], self.expected["mlp_tiny"]
+                env={"FASTAPI_NAIVE_MODEL": str(self.repo / model / "1" / "model.onnx"),
+                     "FASTAPI_NAIVE_SERVER_OPTIONS": server_options})
+            x, expected = self.inputs[model], self.expected[model]
             try:
                 for fmt, scenario in (
-                    ("json-list", scenarios.json_list(f"http://127.0.0.1:{port}/predict", "mlp_tiny", x, expected)),
-                    ("raw-bytes", scenarios.raw_bytes(f"http://127.0.0.1:{port}/predict_raw", "mlp_tiny", x, expected)),
+                    ("json-list", scenarios.json_list(f"http://127.0.0.1:{port}/predict", model, x, expected)),
+                    ("raw-bytes", scenarios.raw_bytes(f"http://127.0.0.1:{port}/predict_raw", model, x, expected)),
                 ):
-                    for c in ((1, 32) if server_options == "0" else (32,)):
-                        self.load(server, "mlp_tiny", fmt, scenario, c)
+                    for c in points.get(fmt, ()):
+                        self.load(server, model, fmt, scenario, c)
             finally:
                 server.stop()
 
@@ -241,11 +255,73 @@ class Bench:
             finally:
                 server.stop()
 
+    def _peer_python(self, name: str) -> str | None:
+        python = peers.python(name, Path(self.args.peers_root))
+        if not python.exists():
+            print(f"  {python} is missing (.venv/bin/python -m loadtests.peers setup {name}): {name} skipped",
+                  file=sys.stderr)
+            return None
+        return str(python)
+
+    def run_kserve(self) -> None:
+        """KServe's Python server: v2 REST itself, so the same bodies as deepserve; no batcher."""
+        python = self._peer_python("kserve")
+        if python is None:
+            return
+        threads = self.data["inprocess"]["resnet_bench"]["session"]["intra_op_num_threads"]
+        for model in MODELS:
+            port, grpc_port = free_port(), free_port()
+            server = self._server("kserve", [
+                python, "loadtests/baselines/kserve_onnx.py", "--model", str(self.repo / model / "1" / "model.onnx"),
+                "--model_name", model, "--http_port", str(port), "--grpc_port", str(grpc_port), "--enable_grpc",
+                "false", "--workers", "1", "--enable_latency_logging", "false", "--intra-op-threads", str(threads),
+            ], f"http://127.0.0.1:{port}/v2/models/{model}/ready")
+            base = f"http://127.0.0.1:{port}"
+            try:
+                for fmt, build in (("v2-json", scenarios.v2_json), ("v2-binary", scenarios.v2_binary)):
+                    scenario = build(base, model, "input", "logits", self.inputs[model], self.expected[model])
+                    for c in CONCURRENCY:
+                        self.load(server, model, fmt, scenario, c)
+            finally:
+                server.stop()
+
+    def run_rayserve(self) -> None:
+        """Ray Serve, one replica behind its HTTP proxy, ``@serve.batch`` with LitServe's settings."""
+        python = self._peer_python("rayserve")
+        if python is None:
+            return
+        threads = self.data["inprocess"]["resnet_bench"]["session"]["intra_op_num_threads"]
+        for model in MODELS:
+            port = free_port()
+            server = self._server("rayserve", [
+                python, "loadtests/baselines/rayserve_onnx.py", "--model", str(self.repo / model / "1" / "model.onnx"),
+                "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", "64", "--batch-timeout", "0.0005",
+                "--max-ongoing-requests", "128", "--intra-op-threads", str(threads),
+                "--num-cpus", str(os.cpu_count() or 1),
+            ], f"http://127.0.0.1:{port}/predict", env={"RAY_USAGE_STATS_ENABLED": "0"})
+            url = f"http://127.0.0.1:{port}/predict"
+            try:
+                scenario = scenarios.json_list(url, model, self.inputs[model], self.expected[model])
+                for c in CONCURRENCY:
+                    self.load(server, model, "json-list", scenario, c)
+            finally:
+                server.stop()
+
+    def write_plots(self, json_path: Path) -> None:
+        """``loadtests/plots.py`` in the plots venv (matplotlib is no dependency of deepserve)."""
+        python = self._peer_python("plots")
+        if python is None:
+            return
+        done = subprocess.run([python, "loadtests/plots.py", str(json_path), "--out-dir", self.args.img_dir],
+                              cwd=ROOT, capture_output=True, text=True, check=False)
+        print(done.stderr.strip() or f"plots: exit {done.returncode}", file=sys.stderr)
+
     def _server(self, name: str, cmd: list[str], ready_url: str, env: dict | None = None) -> ServerProcess:
         log = self.work / f"{name}-{len(self.data['points'])}.log"
         server = ServerProcess(name, cmd, ready_url, env or {}, log, cwd=ROOT)
         server.start()
         shown = [c.replace(str(self.work), "$WORK").replace(PY, ".venv/bin/python") for c in cmd]
+        shown = [c.replace(str(self.args.peers_root), "$PEERS") for c in shown]
         record = self.data["servers"].setdefault(name, {"cmds": [], "env": {}})
         record["cmds"].append(" ".join(shown))
         record["env"].update({k: v.replace(str(self.work), "$WORK") for k, v in (env or {}).items()})
@@ -267,6 +343,8 @@ class Bench:
             "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__,
             "litserve": peer.stdout.strip() if peer and peer.returncode == 0 else None,
+            "peers_root": str(self.args.peers_root),
+            "peers": {name: peers.versions(name, Path(self.args.peers_root)) for name in ("kserve", "rayserve", "plots")},
             "commit": commit.stdout.strip(),
             "server_tree_dirty": bool(subprocess.run(["git", "status", "--porcelain", "server"], cwd=ROOT,
                                                      capture_output=True, text=True, check=False).stdout.strip()),
@@ -303,15 +381,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=7.0, help="measured seconds per load point")
     parser.add_argument("--warmup", type=float, default=2.0, help="discarded seconds before each point")
     parser.add_argument("--inprocess-duration", type=float, default=3.0)
-    parser.add_argument("--peer-python", default="/work/peer-venv/bin/python", help="LitServe's venv")
+    parser.add_argument("--peer-python", default=None,
+                        help="LitServe's venv's python (default: litserve under --peers-root, else /work/peer-venv)")
+    parser.add_argument("--peers-root", default=str(peers.ROOT), help="the peers' venvs (loadtests.peers setup)")
+    parser.add_argument("--img-dir", default="docs/img", help="where the peers' plots go")
     parser.add_argument("--profile-dir", default=None, help="py-spy the server on two extra runs")
     parser.add_argument("--max-other-cores", type=float, default=0.2,
                         help="redo a point when other processes used more cores than this meanwhile")
     parser.add_argument("--retries", type=int, default=2, help="redos per point at most")
     parser.add_argument("--max-extra-s", type=float, default=300, help="time budget for waits and redos")
-    parser.add_argument("--only", default="inprocess,deepserve,fastapi,litserve", help="phases to run")
+    parser.add_argument("--only", default="inprocess,deepserve,fastapi,litserve,kserve,rayserve",
+                        help="phases to run")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.peer_python is None:
+        mine = peers.python("litserve", Path(args.peers_root))
+        args.peer_python = str(mine if mine.exists() else Path("/work/peer-venv/bin/python"))
     phases = set(args.only.split(","))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="deepserve-bench-") as tmp:
@@ -322,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         quiet, load = wait_for_quiet(args.max_other_cores / 2, 120.0)
         bench.data["meta"]["quiet_at_start"] = {"quiet": quiet, "other_cpu_cores": round(load, 2)}
         bench.run_inprocess()  # always: it also yields the expected outputs
-        for phase in ("deepserve", "fastapi", "litserve"):
+        for phase in ("deepserve", "fastapi", "litserve", "kserve", "rayserve"):
             if phase in phases:
                 print(phase, file=sys.stderr)
                 getattr(bench, f"run_{phase}")()
@@ -336,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(bench.data, indent=1, default=str))
     Path(args.out).write_text(report.render(bench.data))
+    bench.write_plots(Path(args.json))
     print(f"wrote {args.out} and {args.json} in {bench.data['meta']['wall_s']} s", file=sys.stderr)
 
 

@@ -191,6 +191,129 @@ def section_peer(fig: Figures) -> list[str]:
     return out
 
 
+def _peer_cell(p: dict | None) -> str:
+    return "n/a | n/a" if p is None else f"{_f(p['rps'])} | {_f(p['p99_ms'], 2)}"
+
+
+def _cpu_ms(p: dict) -> float | None:
+    return 1e3 * p["server_cpu_cores"] / p["rps"] if p.get("rps") and "server_cpu_cores" in p else None
+
+
+def _who(p: dict) -> str:
+    from loadtests.plots import LABELS
+
+    return f"{LABELS[p['server']]} ({p['format']})"
+
+
+def peer_verdict(points: dict[str, dict[int, dict]], concurrency: int) -> str:
+    """Is deepserve ahead on throughput at equal or better p99 than every peer, at one load point?
+
+    ``points`` is ``loadtests.plots.series(data)[model]``; each peer counts with its fastest format.
+    """
+    ds = points.get("deepserve", {}).get(concurrency)
+    rivals = [p for server, by_c in points.items() if server != "deepserve" and (p := by_c.get(concurrency))]
+    if ds is None or not rivals:
+        return "not measured (deepserve or every peer missing)"
+    fastest = max(rivals, key=lambda p: p["rps"])
+    lowest = min(rivals, key=lambda p: p["p99_ms"])
+    ratio = ds["rps"] / fastest["rps"]
+    ds_cpu, cpu = _cpu_ms(ds), _cpu_ms(fastest)
+    cpu_text = (f"server CPU per request {_f(ds_cpu, 3)} ms vs {_f(cpu, 3)} ms, server cores used "
+                f"{ds.get('server_cpu_cores', 'n/a')} vs {fastest.get('server_cpu_cores', 'n/a')}")
+    if ratio <= 1.0:
+        return (f"**not ahead**: {_who(fastest)} {_f(fastest['rps'])} req/s vs deepserve {_f(ds['rps'])} "
+                f"(deepserve {ratio:.2f}x, {100 * (1 - ratio):.0f} % fewer); p99 {_f(fastest['p99_ms'], 2)} vs "
+                f"{_f(ds['p99_ms'], 2)} ms; {cpu_text}.")
+    if lowest["p99_ms"] < ds["p99_ms"]:
+        return (f"**ahead on throughput, not on p99**: {_f(ds['rps'])} req/s, {ratio:.2f}x the fastest peer "
+                f"({_who(fastest)}, {_f(fastest['rps'])} req/s), but {_who(lowest)} has p99 "
+                f"{_f(lowest['p99_ms'], 2)} ms vs deepserve's {_f(ds['p99_ms'], 2)} ms "
+                f"({100 * (1 - lowest['p99_ms'] / ds['p99_ms']):.0f} % lower, at {_f(lowest['rps'])} req/s).")
+    return (f"**ahead**: {_f(ds['rps'])} req/s, {ratio:.2f}x the fastest peer ({_who(fastest)}, "
+            f"{_f(fastest['rps'])} req/s), at p99 {_f(ds['p99_ms'], 2)} ms vs the peers' lowest "
+            f"{_f(lowest['p99_ms'], 2)} ms ({_who(lowest)}).")
+
+
+def _versions(meta: dict) -> str:
+    peers = meta.get("peers") or {}
+    parts = [f"LitServe {meta.get('litserve') or 'n/a'}"]
+    for name, label, dist in (("kserve", "KServe", "kserve"), ("rayserve", "Ray Serve", "ray")):
+        v = peers.get(name) or {}
+        extra = ", ".join(f"{d} {v[d]}" for d in ("fastapi", "uvicorn", "onnxruntime") if v.get(d))
+        parts.append(f"{label} {v.get(dist) or 'n/a'}" + (f" ({extra})" if extra else ""))
+    return "; ".join(parts)
+
+
+def section_peers(data: dict, img_prefix: str = "img/") -> list[str]:
+    """Every server at every client count on both models; verdicts at >= 8 clients; the plots."""
+    from loadtests.plots import CONCURRENCY, LABELS, SERVERS, image_name, series
+
+    meta = data.get("meta", {})
+    s = series(data)
+    out = [
+        (f"The same ONNX files, the same session options (deepserve's: graph optimisation ALL, sequential, "
+         "1 inter-op thread, no spinning), the same load generator and client counts; each peer in a virtual "
+         f"environment of its own (`.venv/bin/python -m loadtests.peers setup`, under `{meta.get('peers_root', '/work/peer-venvs')}`), "
+         f"none of them a dependency of deepserve. Versions: {_versions(meta)}. Every server on the same "
+         f"{meta.get('cores', '?')} cores as the load generator."),
+        "",
+        "* **deepserve**: v2 binary tensors (tritonclient's body), dynamic batching `max_batch_size: 64`, "
+        "`max_queue_delay_microseconds: 500`.",
+        "* **FastAPI (no batching)**: `loadtests/baselines/fastapi_naive.py` with deepserve's session options "
+        "(`fastapi-naive+ds-opts`), one `session.run` per request; raw FP32 bytes (`/predict_raw`, an async "
+        "endpoint), and on mlp_tiny at 32 clients also the JSON list.",
+        "* **LitServe**: section 4's server (`LitAPI(max_batch_size=64, batch_timeout=0.0005)`), JSON list and "
+        "base64-in-JSON.",
+        "* **KServe (no batching)**: `loadtests/baselines/kserve_onnx.py`, a `kserve.Model` served by "
+        "`kserve.ModelServer` (one uvicorn worker, gRPC off, per-request logging off), which speaks the v2 REST "
+        "protocol itself: the same v2 JSON and v2 binary bodies as deepserve. KServe's Python server has **no "
+        "batcher**: KServe batches with its Go agent sidecar (`spec.predictor.batcher`: `maxBatchSize`, "
+        "`maxLatency`), which exists only in a Kubernetes InferenceService, not in the pip package; so one "
+        "`session.run` per request, inline in the event loop (`predict` is a coroutine).",
+        "* **Ray Serve**: `loadtests/baselines/rayserve_onnx.py`, one deployment, one replica behind Ray Serve's "
+        "HTTP proxy (Ray's own processes: GCS, raylet, proxy, controller, replica), `@serve.batch("
+        "max_batch_size=64, batch_wait_timeout_s=0.0005)` (LitServe's settings), `max_ongoing_requests=128`; "
+        "JSON list.",
+        "",
+        ("Each peer's cell is its fastest body format at that point (the verdicts name it). Requests per second "
+         "and p99 in ms; one request = one row."),
+        "",
+        "| model | clients | " + " | ".join(f"{label}: req/s | p99" for _, label, _ in SERVERS) + " |",
+        "|---|---:|" + "---:|---:|" * len(SERVERS),
+    ]
+    for model, servers in s.items():
+        for c in CONCURRENCY:
+            out.append(f"| `{model}` | {c} | " + " | ".join(_peer_cell(servers[server].get(c)) for server, _, _ in SERVERS)
+                       + " |")
+    out += ["", ("Is deepserve ahead on throughput at equal or better p99 than every peer? (8 clients and more; "
+                 "the comparison is with each peer's fastest format, and where deepserve is not ahead the line says "
+                 "by how much and how the server CPU compares.)"), ""]
+    behind = []
+    for model, servers in s.items():
+        for c in CONCURRENCY:
+            if c < 8:
+                continue
+            line = peer_verdict(servers, c)
+            out.append(f"* `{model}` at {c} clients: {line}")
+            if not line.startswith("**ahead**") and not line.startswith("not measured"):
+                behind.append(f"`{model}` at {c}")
+    out += ["", (f"Not ahead (throughput, or p99): {', '.join(behind)}." if behind
+                 else "deepserve is ahead at every point with 8 clients or more, against every peer measured there.")]
+    failed = [p for p in data.get("points", []) if p["server"] in LABELS and p["server"] != "deepserve" and "failed" in p]
+    if failed:
+        out.append("")
+        out += [f"* {LABELS[p['server']]} {p['model']} {p['format']} c={p['concurrency']} failed: {p['failed']}"
+                for p in failed]
+    out += [""] + [f"![{model}: throughput and p99 against clients, every server]({img_prefix}{image_name(model)})"
+                   for model in s]
+    return out
+
+
+def _litserve_venv(data: dict) -> str:
+    cmds = data.get("servers", {}).get("litserve", {}).get("cmds") or ["/work/peer-venv/bin/python"]
+    return cmds[0].split()[0].removesuffix("/bin/python")
+
+
 def section_profiles(data: dict) -> list[str]:
     from loadtests.profile_summary import render
 
@@ -399,7 +522,7 @@ def render(data: dict) -> str:
         "",
         "## 4. Peer: LitServe",
         "",
-        ("`loadtests/baselines/litserve_onnx.py` in its own venv (`/work/peer-venv`): `LitAPI(max_batch_size=64, "
+        (f"`loadtests/baselines/litserve_onnx.py` in its own venv (`{_litserve_venv(data)}`): `LitAPI(max_batch_size=64, "
         "batch_timeout=0.0005)` (deepserve's max_batch_size and max_queue_delay), `batch` concatenates rows, "
         "`unbatch` splits them, the same ONNX file with deepserve's session options, `LitServer(accelerator='cpu', "
         "workers_per_device=1)`: one API process + one inference worker process. LitServe has no binary tensor "
@@ -408,6 +531,10 @@ def render(data: dict) -> str:
         "answered the same way)."),
         "",
         *section_peer(fig),
+        "",
+        "## 4b. Peers side by side: FastAPI, LitServe, KServe, Ray Serve",
+        "",
+        *section_peers(data),
         "",
         "## 5. Ensemble overhead",
         "",
