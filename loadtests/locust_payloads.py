@@ -9,7 +9,8 @@ Importable without Locust (``tests/unit/test_locustfile.py`` checks every builde
 * :func:`speech_wav`                       a spoken sentence from espeak-ng, or a tone when it is missing
                                            (``/v1/audio/transcriptions``);
 * :func:`chat_bodies` / :class:`SseReader` streaming ``/v1/chat/completions`` requests and a reader
-                                           for their server-sent events.
+                                           for their server-sent events;
+* :func:`multipart_body`                   a ``multipart/form-data`` upload as bytes (FastHttpUser has no ``files=``).
 
 Needs numpy and Pillow; scikit-learn for the digits (a digit drawn with Pillow's font when
 it is missing); espeak-ng on PATH for speech.
