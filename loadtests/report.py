@@ -269,7 +269,11 @@ def section_peers(data: dict, img_prefix: str = "img/") -> list[str]:
         "protocol itself: the same v2 JSON and v2 binary bodies as deepserve. KServe's Python server has **no "
         "batcher**: KServe batches with its Go agent sidecar (`spec.predictor.batcher`: `maxBatchSize`, "
         "`maxLatency`), which exists only in a Kubernetes InferenceService, not in the pip package; so one "
-        "`session.run` per request, inline in the event loop (`predict` is a coroutine).",
+        "`session.run` per request, inline in the event loop (`predict` is a coroutine). Its REST binary path is "
+        "not zero-copy: `InferRequest.from_bytes` turns the received tensor into a Python list "
+        "(`set_data_from_numpy(..., binary_data=False)`, one `.item()` per element) and `as_numpy()` turns it "
+        "back, about 3.5 ms per request for resnet_bench's 12,288 floats on this CPU (2.5x the model's 1.4 ms), "
+        "so its v2-binary is no faster than its v2 JSON there.",
         "* **Ray Serve**: `loadtests/baselines/rayserve_onnx.py`, one deployment, one replica behind Ray Serve's "
         "HTTP proxy (Ray's own processes: GCS, raylet, proxy, controller, replica), `@serve.batch("
         "max_batch_size=64, batch_wait_timeout_s=0.0005)` (LitServe's settings), `max_ongoing_requests=128`; "
