@@ -139,8 +139,10 @@ def build_speech_entries(dest: Path, *, force: bool = False) -> None:
     from models import speech_ctc, speech_text
 
     family = get_family("speech_ctc")
+    # Two priority levels: the transcription model sends each recording's first chunk at level 1,
+    # so a short request's only chunk goes ahead of a long recording's queued ones.
     entry = replace(_entry_for(family, "speech_ctc", batching=True),
-                    dynamic_batching=DynamicBatching(family.preferred_batch_size, 2000))
+                    dynamic_batching=DynamicBatching(family.preferred_batch_size, 2000, priority_levels=2))
     export_family_entry(dest, family, "speech_ctc", entry=entry, force=force)
     vocabulary = speech_text.lexicon(speech_text.load_vocab())  # the words, the digits' names, the letters
     decoder = {"beam_width": str(speech_ctc.BEAM_WIDTH)}  # what models/results/speech_ctc.json's "beam" figures measure

@@ -40,6 +40,7 @@ class TensorConfig:
 class DynamicBatching:
     preferred_batch_size: tuple[int, ...] = (16, 32)
     max_queue_delay_microseconds: int = 500
+    priority_levels: int = 0  # 0: one queue (no priority_levels written)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ def model_config(entry: EntryConfig) -> mc.ModelConfig:
         db = entry.dynamic_batching
         config.dynamic_batching.preferred_batch_size.extend(db.preferred_batch_size)
         config.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_microseconds
+        if db.priority_levels:  # requests that give no priority take the lowest level
+            config.dynamic_batching.priority_levels = db.priority_levels
+            config.dynamic_batching.default_priority_level = db.priority_levels
     if entry.decoupled:
         config.model_transaction_policy.decoupled = True
     config.instance_group.add(count=entry.instance_count, kind=mc.ModelInstanceGroup.Kind.Value(entry.instance_kind))

@@ -84,9 +84,12 @@ class LoadedModel:
                 async for outputs in responses:
                     yield outputs
 
-    async def run(self, inputs: Outputs, deadline_s: float | None = None) -> Outputs:
-        """An ensemble step's call (``StepTarget``), under the ensemble request's deadline."""
-        return await self.infer(InferenceRequest(self.name, inputs, self.version, deadline_s=deadline_s))
+    async def run(self, inputs: Outputs, deadline_s: float | None = None, priority: int | None = None) -> Outputs:
+        """An ensemble step's call (``StepTarget``), under the ensemble request's deadline;
+        ``priority`` is the request parameter (1 = highest; None = the model's default level)."""
+        parameters = {} if priority is None else {"priority": priority}
+        return await self.infer(InferenceRequest(self.name, inputs, self.version, deadline_s=deadline_s,
+                                                 parameters=parameters))
 
     def unload_instances(self) -> None:
         for instance in self.instances:

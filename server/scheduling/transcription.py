@@ -51,7 +51,7 @@ OUTPUTS = {
 class Network(Protocol):
     """What the scheduler needs of the acoustic model: ``run`` through its batcher."""
 
-    async def run(self, inputs: Outputs, deadline_s: float | None = None) -> Outputs: ...
+    async def run(self, inputs: Outputs, deadline_s: float | None = None, priority: int | None = None) -> Outputs: ...
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class Transcriber:
 
             async def one(index: int, chunk: audio.Chunk) -> ChunkResult:
                 async with window:
-                    decoded = await self._chunk(network, samples, chunk, beam, deadline)
+                    decoded = await self._chunk(network, samples, chunk, beam, deadline, first=index == 0)
                 return ChunkResult(index, chunk, keep_between(decoded, *cuts[index]))
 
             tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(chunks)]
@@ -236,7 +236,7 @@ class Transcriber:
                 self._idle.set()
 
     async def _chunk(self, network: Network, samples: np.ndarray, chunk: audio.Chunk, beam: int,
-                     deadline: float | None) -> ctc.Decoded:
+                     deadline: float | None, first: bool = False) -> ctc.Decoded:
         cfg = self.config
         features = await self._timed("features", log_mel, samples[chunk.start : chunk.end])
         valid = len(features)
@@ -248,7 +248,10 @@ class Transcriber:
         feed[0, :valid] = features
         start = time.perf_counter()
         budget = None if deadline is None else max(0.0, deadline - time.monotonic())
-        out = await network.run({cfg.input_name: feed}, budget)
+        # A recording's first chunk asks for the network's highest priority level (a model with
+        # priority_levels queues it ahead of other recordings' later chunks; with one level it
+        # changes nothing): a short request is not kept behind a long one's queued chunks.
+        out = await network.run({cfg.input_name: feed}, budget, priority=1 if first else None)
         self._observer.step_done("network", time.perf_counter() - start)
         logits = out.get(cfg.output_name)
         if logits is None or logits.ndim != 3 or logits.shape[0] != 1 or logits.shape[2] != len(cfg.alphabet):

@@ -30,6 +30,7 @@ class FakeNetwork:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.priorities: list[tuple[str, int | None]] = []
         self.gate: asyncio.Event | None = None
         self.called = asyncio.Event()
 
@@ -38,9 +39,10 @@ class FakeNetwork:
             self.called.clear()
             await self.called.wait()
 
-    async def run(self, inputs, deadline_s=None):
+    async def run(self, inputs, deadline_s=None, priority=None):
         features = inputs["features"]
         self.calls.append((tag(features), features.shape[1]))
+        self.priorities.append((tag(features), priority))
         self.called.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -153,6 +155,9 @@ async def test_a_short_request_is_not_queued_behind_a_long_one() -> None:
     order = [t for t, _ in network.calls]
     # the long file has >= 6 chunks, but only 2 were ahead of the short request's one
     assert order.count("long") >= 6 and order.index("short") == 2, order
+    # each recording's first chunk asks for the highest priority level, its later ones for the default
+    assert network.priorities[0] == ("long", 1) and ("short", 1) in network.priorities
+    assert [p for t, p in network.priorities[1:] if t == "long"] == [None] * (order.count("long") - 1)
 
 
 @pytest.mark.parametrize("inputs, words", [
