@@ -51,6 +51,7 @@ from server.core.validation import check_model_name, check_version
 from server.observability.metrics import Metrics
 from server.observability.stats import ModelTelemetry
 from server.repository.config import ModelConfig, read_config
+from server.repository.generator import is_generation, load_generation
 from server.repository.loaded import LoadedModel
 from server.repository.model import (
     LoadOptions,
@@ -61,7 +62,6 @@ from server.repository.model import (
     load_version,
     select_versions,
 )
-from server.repository.generator import is_generation, load_generation
 from server.repository.sampler import is_diffusion, load_diffusion
 from server.repository.transcriber import is_transcriber, load_transcriber
 
