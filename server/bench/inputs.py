@@ -174,8 +174,20 @@ def _raw(tensor: Tensor) -> bytes:
 
 def _json_values(tensor: Tensor) -> list:
     if tensor.datatype == "BYTES":
-        return [v.decode("utf-8", errors="replace") for v in tensor.data.reshape(-1)]
+        return [v.decode("utf-8") for v in tensor.data.reshape(-1)]
     return tensor.data.reshape(-1).tolist()
+
+
+def _utf8(tensor: Tensor) -> bool:
+    """BYTES that are not text go as binary data in the JSON encoding too."""
+    if tensor.datatype != "BYTES":
+        return True
+    try:
+        for v in tensor.data.reshape(-1):
+            v.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 NO_JSON_FORM = ("FP16", "BF16")  # the v2 JSON form has no half floats: these travel as binary data
@@ -185,8 +197,9 @@ def http_body(tensors: Sequence[Tensor], binary: bool, outputs: Sequence[Mapping
     """The v2 ``/infer`` body and its headers: binary tensors after a JSON header
     (``Inference-Header-Content-Length``) with binary outputs asked for too; or JSON tensors,
     where FP16 / BF16 inputs still go as binary data (they have no JSON form) and, when the
-    model has such ``outputs`` (metadata), every output is named with those asked for binary."""
-    raws = [_raw(t) if binary or t.datatype in NO_JSON_FORM else None for t in tensors]
+    model has such ``outputs`` (metadata), every output is named with those asked for binary;
+    BYTES that are not UTF-8 go as binary data too."""
+    raws = [_raw(t) if binary or t.datatype in NO_JSON_FORM or not _utf8(t) else None for t in tensors]
     specs = []
     for t, raw in zip(tensors, raws, strict=True):
         spec: dict = {"name": t.name, "datatype": t.datatype, "shape": t.shape}

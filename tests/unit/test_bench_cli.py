@@ -76,6 +76,15 @@ def test_http_bodies_decode_with_the_servers_codec(binary):
         assert "data" in header["inputs"][0] and "parameters" in header["inputs"][1]
 
 
+def test_json_body_sends_non_utf8_bytes_as_binary():
+    from server.frontends.http.codec import decode_request
+
+    tensor = inp.Tensor("S", "BYTES", np.array([b"\xff\xfe", b"ok"], dtype=object))
+    body, headers = inp.http_body([tensor], binary=False)
+    decoded = decode_request(body, int(headers["inference-header-content-length"]), "m", "")
+    assert [bytes(v) for v in decoded.inputs["S"]] == [b"\xff\xfe", b"ok"]
+
+
 def test_json_body_without_half_floats_is_plain_json():
     body, headers = inp.http_body(inp.synthesize(SIMPLE_METADATA), binary=False)
     assert headers == {"content-type": "application/json"}
