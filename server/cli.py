@@ -51,6 +51,7 @@ def serve(
     admin_key: Annotated[Optional[str], _opt("Key for repository load / unload / index (also valid for inference; default: the API key).", "ADMIN_KEY")] = None,
     admin_key_file: Annotated[Optional[Path], _opt("File of admin keys, one a line.", "ADMIN_KEY_FILE")] = None,
     cors_origins: Annotated[Optional[str], _opt("Comma-separated origins allowed by CORS, or '*' (default off).", "CORS_ORIGINS")] = None,
+    frontend_processes: Annotated[Optional[int], _opt("HTTP frontend processes sharing the HTTP port, handing tensors to the model process over shared memory (default 0 = HTTP in the model process).", "FRONTEND_PROCESSES")] = None,
 ) -> None:
     """Serve a model repository over HTTP (v2, /metrics) and gRPC."""
     given = {
@@ -63,7 +64,7 @@ def serve(
         "cpu_threads": cpu_threads, "memory_budget_bytes": memory_budget_bytes,
         "on_demand_load_timeout_seconds": on_demand_load_timeout_seconds, "log_level": log_level, "log_format": log_format,
         "api_key": api_key, "api_key_file": api_key_file, "admin_key": admin_key, "admin_key_file": admin_key_file,
-        "cors_origins": cors_origins,
+        "cors_origins": cors_origins, "frontend_processes": frontend_processes,
     }
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})

@@ -105,6 +105,10 @@ def _uvicorn(app, settings: Settings, port: int) -> _Server:
 
 
 async def serve(settings: Settings) -> None:
+    if settings.frontend_processes > 0:  # HTTP in N processes of its own (server/ingress)
+        from server.ingress.model_side import serve_multiprocess
+
+        return await serve_multiprocess(settings)
     service, metrics = build_service(settings)
     await service.repository.load_all()
     app = _CloseWhenDraining(create_app(service, settings, metrics.registry), service)

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     cors_origins: str | None = Field(
         None, description="Comma-separated origins browsers may call from ('*' for any); CORS is off when unset."
     )
+    frontend_processes: int = Field(
+        0, ge=0, le=256,
+        description="HTTP frontend processes (0 = HTTP in the model process); N > 0: N processes share the HTTP port (SO_REUSEPORT) and hand tensors to the model process over shared memory.",
+    )
     build_default_repository: bool = Field(
         True, description="Build the default model repository when serving the default path and it is missing."
     )

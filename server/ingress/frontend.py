@@ -1,0 +1,97 @@
+"""A frontend process of ``--frontend-processes N``: the HTTP app (``create_app``, the
+same routes and fast path as the single-process server) over a
+``RemoteInferenceService``, on its own SO_REUSEPORT listening socket of the HTTP port
+(the kernel spreads connections across the N processes).
+
+It ignores SIGINT / SIGTERM: the model process decides. It stops when the model process
+says so (``stop``: the listener closes, requests still being handled get the grace it
+gives), and exits at once when the model process goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+
+from server.ingress.remote import RemoteInferenceService
+from server.settings import Settings
+
+log = logging.getLogger("deepserve.ingress")
+
+
+class _ProxyMetrics:
+    """ASGI wrapper: ``GET /metrics`` answers the model process's registry."""
+
+    def __init__(self, app, service: RemoteInferenceService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body = await self.service.metrics()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def run_frontend(settings: Settings, index: int, socket_path: str, segments: list[str], port: int, max_inflight: int) -> None:
+    """The process's entry point (multiprocessing, spawn)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from server.observability.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    import uvloop
+
+    code = uvloop.run(_serve(settings, index, socket_path, segments, port, max_inflight))
+    logging.shutdown()
+    os._exit(code)
+
+
+async def _serve(settings: Settings, index: int, socket_path: str, segments: list[str], port: int, max_inflight: int) -> int:
+    from server.frontends.http.app import create_app
+    from server.serve import _CloseWhenDraining, _uvicorn
+
+    service = RemoteInferenceService(socket_path, index, segments, max_inflight)
+    await service.connect()
+    app = _ProxyMetrics(_CloseWhenDraining(create_app(service, settings, CollectorRegistry()), service), service)
+    server = _uvicorn(app, settings, port)
+    sock = listening_socket(settings.host, port)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    await asyncio.wait([serving, service.stopped], return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():  # uvicorn stopped by itself (it could not start)
+        service.close()
+        return 1
+    grace = service.stopped.result()
+    if grace is None:
+        log.error("frontend %d: the model process is gone; exiting", index)
+        server.force_exit = True
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(serving, 2.0)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        return 1
+    server.config.timeout_graceful_shutdown = grace
+    server.should_exit = True
+    await serving
+    service.close()
+    return 0
