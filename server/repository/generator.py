@@ -122,7 +122,7 @@ def load_generation(name: str, version: str, model_dir: Path, config: ModelConfi
         runner.close()
         raise
     inputs, outputs = tensor_specs(completed)
-    engine = GenerationEngine(runner, codec, grammars, engine_config, telemetry.metrics.generation())
+    engine = GenerationEngine(runner, codec, grammars, engine_config, telemetry.metrics.generation(), observer=telemetry)
     model = LoadedModel(name, version, completed, inputs, outputs, {}, telemetry, engine,
                         text_inputs=frozenset({"text_input"}))
     model.text = TextModel(codec, spec.max_model_len)

@@ -351,4 +351,8 @@ def test_generation_metrics_under_ours_and_vllms_names(url, client):
                  "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"):
         assert re.search(rf'^{re.escape(name)}\{{[^}}]*"textgen"', text, re.M), name
     assert metric(url, "deepserve_generation_output_tokens_total", "textgen") >= 3
+    # Triton's statistics: an iteration is an execution of its sequences, the wait for admission the queue
+    stats = httpx.get(f"{url}/v2/models/textgen/stats", timeout=30).json()["model_stats"][0]
+    assert stats["execution_count"] >= 3 and stats["inference_count"] >= stats["execution_count"]
+    assert stats["inference_stats"]["queue"]["count"] >= 1 and stats["inference_stats"]["compute_infer"]["ns"] > 0
 

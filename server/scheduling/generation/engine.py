@@ -43,6 +43,7 @@ from server.observability.metrics import GenerationMetrics
 from server.pipelines.grammar import Grammar, GrammarError, Grammars, Matcher
 from server.pipelines.text import Detokenizer, TextCodec
 from server.scheduling.base import Job, Outputs
+from server.scheduling.batcher import BatchObserver, BatchTimings, NullObserver
 from server.scheduling.generation.blocks import BlockManager
 from server.scheduling.generation.planner import Budget, Planner, Seq
 from server.scheduling.generation.sampling import Draw, SamplingParams, params_from, sample
@@ -116,9 +117,15 @@ class _Choice:
 
 class GenerationEngine:
     def __init__(self, runner: Runner, codec: TextCodec, grammars: Grammars | None, config: EngineConfig,
-                 metrics: GenerationMetrics, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: GenerationMetrics, clock: Callable[[], float] = time.monotonic,
+                 observer: BatchObserver | None = None) -> None:
         self.runner, self.codec, self.grammars, self.config = runner, codec, grammars, config
         self.metrics, self.clock = metrics, clock
+        # Triton's statistics and the batch metrics, per iteration: the sequences stepped are
+        # its batch, the step its compute, the wait for a first admission its queue time
+        # (reported on the event loop, where the observer lives).
+        self._observer = observer or NullObserver()
+        self._server_loop: asyncio.AbstractEventLoop | None = None
         self.blocks = BlockManager(config.num_blocks, config.block_size, config.prefix_caching)
         self.planner = Planner(self.blocks, config.budget)
         self._choices: dict[int, _Choice] = {}  # seq id -> its choice
@@ -134,6 +141,7 @@ class GenerationEngine:
 
     # -- Scheduler ------------------------------------------------------------------------
     def start(self) -> None:
+        self._server_loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self._thread.start()
 
@@ -309,8 +317,10 @@ class GenerationEngine:
         if not plan.work:
             self._wake.wait(0.001)
             return
+        started = self.clock()
         logits = self.runner.step([SeqWork(w.seq.tokens[w.start:w.start + w.count], w.start, tuple(w.seq.table))
                                    for w in plan.work])
+        stepped = self.clock()
         sampled: dict[int, int] = {}
         draws: list[tuple[_Choice, Draw]] = []
         for row, w in enumerate(plan.work):
@@ -323,8 +333,14 @@ class GenerationEngine:
             draws.append((choice, draw))
         self.planner.account(plan, sampled)
         now = self.clock()
+        queued = tuple(started - seq.arrival for seq in plan.admitted if seq.preemptions == 0)
+        self._report_batch(len(plan.work), BatchTimings(queued, 0.0, stepped - started, now - stepped))
         for choice, draw in draws:
             self._advance(choice, draw, now)
+
+    def _report_batch(self, sequences: int, timings: BatchTimings) -> None:
+        if self._server_loop is not None and not self._server_loop.is_closed():
+            self._server_loop.call_soon_threadsafe(self._observer.batch_done, sequences, sequences, timings, True)
 
     def _first_admission(self, seq: Seq) -> None:
         choice = self._choices[seq.id]
