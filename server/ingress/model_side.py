@@ -23,6 +23,8 @@ and ``("stop", grace_s)`` at shutdown.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -57,6 +59,12 @@ def _picklable_error(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _portable_text_model(text):
+    codec = copy.copy(text.codec)
+    codec.__dict__.pop("_chat", None)  # a jinja2 Template (a cached_property) does not pickle
+    return dataclasses.replace(text, codec=codec)
 
 
 class _Peer:
@@ -97,6 +105,8 @@ class _Peer:
                         result = generate_latest(self.side.registry)
                     elif method == "model_config":  # a protobuf message: pickled as its bytes
                         result = self.service.model_config(*args, **kwargs).SerializeToString()
+                    elif method == "text_model":  # without the compiled chat template (rebuilt there)
+                        result = _portable_text_model(self.service.text_model(*args, **kwargs))
                     else:
                         result = getattr(self.service, method)(*args, **kwargs)
                 except Exception as exc:  # noqa: BLE001 - the caller re-raises it
@@ -193,6 +203,7 @@ class ModelSide:
     def __init__(self, service: InferenceService, registry, frontends: int) -> None:
         self.service = service
         self.registry = registry
+        _check_shm_space(2 * frontends * ipc.ARENA_BYTES)
         self.folder = tempfile.mkdtemp(prefix="deepserve-ingress-")
         self.path = os.path.join(self.folder, "model.sock")
         self.segments = [(ipc.create_segment(), ipc.create_segment()) for _ in range(frontends)]
@@ -252,6 +263,22 @@ class ModelSide:
                     pass
                 shm.unlink()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _check_shm_space(needed: int) -> None:
+    """Segments are sparse: a /dev/shm too small for them (Docker's default is 64 MiB) would
+    kill a process with SIGBUS when an arena fills up, not fail here. Refuse to start instead."""
+    try:
+        vfs = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < needed:
+        raise SystemExit(
+            f"--frontend-processes needs {needed / 2**20:.0f} MiB of shared memory (/dev/shm) for its arenas and "
+            f"{free / 2**20:.0f} MiB are free: give the container more (docker run --shm-size) or set "
+            "DEEPSERVE_INGRESS_ARENA_BYTES lower (arrays that do not fit travel over the socket)"
+        )
 
 
 # -- the process model ---------------------------------------------------------------------

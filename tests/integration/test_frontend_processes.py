@@ -211,6 +211,40 @@ def test_metrics_count_successes(raw, server):
     assert successes() == before + 7
 
 
+def test_repository_unload_and_load(client):
+    assert client.is_model_ready("reloadable")
+    client.unload_model("reloadable")
+    deadline = time.monotonic() + 5  # the frontends' metadata caches follow the model process's state
+    while client.is_model_ready("reloadable") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client.is_model_ready("reloadable")
+    with pytest.raises(InferenceServerException):
+        client.get_model_metadata("reloadable")
+    client.load_model("reloadable")
+    assert client.is_model_ready("reloadable")
+    assert client.get_model_metadata("reloadable")["name"] == "reloadable"
+
+
+def test_client_gone_is_counted_once(server):
+    url = f"http://{server[0].http_url}"
+
+    def failures(reason: str) -> float:
+        return sum(v for labels, v in fx.metric_samples(url, "deepserve_request_failure_total")
+                   if labels.get("model") == "queued" and labels.get("reason") == reason)
+
+    canceled0 = failures("CANCELED")
+    body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    with pytest.raises(httpx.TimeoutException):  # "queued" waits 20 s to batch: the client leaves first
+        httpx.post(f"{url}/v2/models/queued/infer", json=body, timeout=0.5)
+    deadline = time.monotonic() + 10
+    while failures("CANCELED") == canceled0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # a second count would land by now
+    assert failures("CANCELED") == canceled0 + 1
+    assert sum(v for labels, v in fx.metric_samples(url, "deepserve_inflight_requests")
+               if labels.get("model") == "queued") == 0
+
+
 def test_sigterm_drains_and_every_process_exits(repo):
     with fx.server_process(repo, extra_args=ARGS, extra_env={"DEEPSERVE_DRAIN_SECONDS": "1"}) as (handle, proc):
         frontends = _children(proc.pid)
