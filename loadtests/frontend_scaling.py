@@ -261,7 +261,9 @@ def render(results: dict) -> str:
         f"process): throughput = min(1000 / model-loop ms, {TARGET_CORES} x 1000 / server ms). The model "
         "process's loop is one thread whatever N is; frontends needed = throughput x frontend ms / 1000. "
         "The load generator is assumed to run elsewhere; runtime CPU per request is taken as measured (at "
-        f"{TARGET_CORES} cores batches grow, so this term is an upper bound).",
+        f"{TARGET_CORES} cores batches grow, so this term is an upper bound). A loop cap is the loop at 100% busy; "
+        "a loop that busy queues, so read the projected figures as ceilings (about 80-90% of them is what a loop "
+        "sustains with acceptable latency).",
         "",
         "| model | process model | model loop ms/req | server ms/req | loop cap req/s | core cap req/s | "
         "projected req/s | bound | frontend processes busy (cores) |",
