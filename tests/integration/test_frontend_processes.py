@@ -4,8 +4,10 @@ processes that hand tensors to the model process over shared memory.
 One server for the module (the SIGTERM test starts its own): v2 infer with binary
 tensors and JSON through tritonclient, raw binary bodies, a large tensor, model
 metadata / config / readiness, statistics, generate and a decoupled generate_stream,
-bad input still 4xx and counted once in /metrics, concurrent requests land on both
-frontend processes, and SIGTERM drains and every process exits.
+bad input still 4xx and counted once in /metrics (a client that leaves too), repository
+unload / load, gRPC (served by the model process), concurrent requests land on both
+frontend processes, SIGTERM drains and every process exits, a killed model process takes
+its frontends with it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.integration import server_fixtures as fx
 
-ARGS = ("--frontend-processes", "2", "--no-grpc")
+ARGS = ("--frontend-processes", "2")  # gRPC stays in the model process
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +146,18 @@ def test_large_tensor_and_concurrency_across_both_processes(client, server):
 def fx_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_grpc_is_served_by_the_model_process(server):
+    import tritonclient.grpc as grpcclient
+
+    a, b = np.ones((2, 16), np.float32), np.full((2, 16), 2, np.float32)
+    inputs = [grpcclient.InferInput("INPUT0", [2, 16], "FP32"), grpcclient.InferInput("INPUT1", [2, 16], "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    with grpcclient.InferenceServerClient(server[0].grpc_url) as c:
+        assert c.is_server_ready()
+        np.testing.assert_array_equal(c.infer("simple", inputs).as_numpy("OUTPUT0"), a + b)
 
 
 def test_raw_binary_body(raw):
