@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -182,6 +182,7 @@ def load_version(
         labels = read_labels(model_dir, completed)
         try:
             policy = batch_policy_from_config(completed, options.default_max_queue_size)
+            policy = replace(policy, inline_below_s=_inline_below_s(completed, kind, policy))
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
     except Exception:
@@ -230,6 +231,25 @@ def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
                 raise InvalidInput(f"label file {shown_path(path, model_dir)} of output '{output.name}' does not exist")
             labels[output.name] = path.read_text().splitlines()
     return labels
+
+
+INLINE_RUNTIMES = ("onnxruntime", "tensorrt")  # whose execute releases the GIL and runs no user code
+DEFAULT_INLINE_EXECUTION_US = 100.0
+
+
+def _inline_below_s(config: ModelConfig, kind: RuntimeKind, policy) -> float:
+    """Batches of a runtime faster than this run on the event loop (parameter
+    ``inline_execution_us``; 0 turns it off): no Python models, no decoupled ones."""
+    if kind.backend not in INLINE_RUNTIMES or policy.decoupled or policy.execution_timeout_s is not None:
+        return 0.0
+    value = parameters(config).get("inline_execution_us", "")
+    try:
+        us = float(value) if value else DEFAULT_INLINE_EXECUTION_US
+    except ValueError:
+        raise ValueError(f"parameter inline_execution_us must be a number of microseconds, not {value!r}") from None
+    if not 0 <= us <= 10_000:
+        raise ValueError(f"parameter inline_execution_us must be between 0 and 10000, not {us:g}")
+    return us / 1e6
 
 
 def select_versions(model_dir: Path, config: ModelConfig | None) -> list[str]:

@@ -95,6 +95,7 @@ class NullObserver:
 
 
 _END = object()  # a stream's last item
+INLINE_UNKNOWN = float("inf")  # an instance's execute time before it has run a batch
 
 
 class _Channel:
@@ -122,6 +123,7 @@ class _InstanceThread:
     def __init__(self, runtime: Runtime, name: str, index: int = 0) -> None:
         self.runtime = runtime
         self.index = index  # which of the model's instances (its device) this thread serves
+        self.execute_s = INLINE_UNKNOWN  # the runtime's recent execute time (moving average)
         self.failures = 0  # batches failed in a row by a runtime fault
         self.abandoned = False  # hung past the execution timeout: never handed work again
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -321,8 +323,17 @@ class DynamicBatcher:
         timeout = self.policy.execution_timeout_s
         timer = loop.call_later(timeout, self._hung, seq, worker, batch, queue_s) if timeout and not self.policy.decoupled else None
 
+        if worker.execute_s < self.policy.inline_below_s:
+            # Inline: the runtime answers faster than a hand-off to its thread and back
+            # costs, so the loop runs it (blocked no longer than that hand-off would take).
+            outcomes, timings = run(worker.runtime, batch)
+            worker.execute_s = _moving(worker.execute_s, timings[1])
+            loop.call_soon(self._finish, seq, worker, _Finished(batch, queue_s, outcomes, timings), timer)
+            return
+
         def job() -> None:  # on the instance's thread
             outcomes, timings = run(worker.runtime, batch)
+            worker.execute_s = _moving(worker.execute_s, timings[1])
             loop.call_soon_threadsafe(self._finish, seq, worker, _Finished(batch, queue_s, outcomes, timings), timer)
 
         worker.submit(job)
@@ -512,6 +523,11 @@ def _run_batch(
         return [exc] * len(batch.requests), (0.0, time.perf_counter() - t0, 0.0)
     except Exception as exc:  # a runtime bug must still answer every caller
         return [ModelError(f"the runtime failed: {exc!r}")] * len(batch.requests), (0.0, time.perf_counter() - t0, 0.0)
+
+
+def _moving(average: float, sample: float) -> float:
+    """An execute-time average that follows the last ~8 batches (the first batch sets it)."""
+    return sample if average == INLINE_UNKNOWN else average + (sample - average) / 8
 
 
 def assemble(batch: Batch) -> Outputs:

@@ -49,6 +49,10 @@ class BatchPolicy:
     # batches failed this many times in a row (a runtime fault, not a client's bad input).
     execution_timeout_s: float | None = None
     reload_after_failures: int = 3
+    # A runtime whose batches take less than this (moving average) is run on the event loop
+    # instead of its instance thread (deepserve's parameter `inline_execution_us`; set by the
+    # repository for ONNX Runtime and TensorRT models only, never for Python or decoupled ones).
+    inline_below_s: float = 0.0
 
     def queue_policy(self, level: int) -> QueuePolicy:
         return self.priority_queue_policy.get(level, self.default_queue_policy)

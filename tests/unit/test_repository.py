@@ -66,3 +66,20 @@ def test_providers_from_the_host_and_from_the_config():
         'optimization { execution_accelerators { gpu_execution_accelerator [{ name: "tensorrt" }] } }', mc.ModelConfig()
     )
     assert runtime_options(config, "1", "cuda:0", 0, LoadOptions()).providers[0] == "TensorrtExecutionProvider"
+
+
+def test_inline_execution_is_for_onnx_and_tensorrt_batches_only():
+    from server import runtimes
+    from server.scheduling.policy import BatchPolicy
+
+    def inline(backend: str, text: str = "", **policy) -> float:
+        config = text_format.Parse(text, mc.ModelConfig())
+        return repo_model._inline_below_s(config, runtimes.kind_for("", backend), BatchPolicy(**policy))
+
+    assert inline("onnxruntime") == repo_model.DEFAULT_INLINE_EXECUTION_US / 1e6
+    assert inline("onnxruntime", 'parameters { key: "inline_execution_us" value { string_value: "0" } }') == 0.0
+    assert inline("onnxruntime", decoupled=True) == 0.0
+    assert inline("onnxruntime", execution_timeout_s=1.0) == 0.0  # a hung batch must stay killable
+    assert inline("python") == 0.0 and inline("pytorch") == 0.0
+    with pytest.raises(ValueError, match="inline_execution_us"):
+        inline("onnxruntime", 'parameters { key: "inline_execution_us" value { string_value: "fast" } }')

@@ -172,3 +172,43 @@ async def test_a_request_past_its_deadline_is_answered_timeout_and_never_runs():
         await waiting
     await batcher.aclose()
     assert runtime.batches == [1]  # only the first request ever reached the runtime
+
+
+class TimedRuntime(FakeRuntime):
+    """Records the thread each batch ran on, and says (through the batcher's timing) how long it took."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.threads = seconds, []
+
+    def execute(self, inputs):
+        self.threads.append(threading.current_thread().name)
+        if self.seconds:
+            threading.Event().wait(self.seconds)
+        return super().execute(inputs)
+
+
+async def test_a_runtime_faster_than_the_hand_off_runs_on_the_loop():
+    fast = TimedRuntime(0.0)
+    batcher = await started(batching(inline_below_s=0.05), fast)
+    for i in range(4):
+        out = await batcher.infer(Job({"x": np.full((1, 3), i, np.float32)}, 1))
+        np.testing.assert_array_equal(out["y"], np.full((1, 3), 2 * i, np.float32))
+    # the first batch measures it on its thread; the rest run on the event loop's thread
+    assert fast.threads[0].startswith("runtime-") and set(fast.threads[1:]) == {threading.current_thread().name}
+    await batcher.aclose()
+
+
+async def test_a_slow_runtime_or_inline_off_stays_on_its_thread():
+    slow = TimedRuntime(0.02)
+    batcher = await started(batching(inline_below_s=0.001), slow)
+    for _ in range(3):
+        await batcher.infer(Job({"x": np.ones((1, 3), np.float32)}, 1))
+    assert all(name.startswith("runtime-") for name in slow.threads)
+    await batcher.aclose()
+    off = TimedRuntime(0.0)
+    batcher = await started(batching(), off)  # inline_below_s 0: the default of the policy
+    for _ in range(3):
+        await batcher.infer(Job({"x": np.ones((1, 3), np.float32)}, 1))
+    assert all(name.startswith("runtime-") for name in off.threads)
+    await batcher.aclose()
