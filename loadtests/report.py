@@ -145,7 +145,27 @@ def section_efficiency(fig: Figures) -> list[str]:
     for model in ("resnet_bench", "resnet_bench_i2", "resnet_bench_nobatch"):
         p = fig.get("deepserve", model, "v2-binary", 64)
         out.append(f"| `{model}` | {_point_cells(p)} | {p and p['errors']} | {_cpu(p)} |")
-    return out
+    return out + ["", *efficiency_ceiling(fig)]
+
+
+def efficiency_ceiling(fig: Figures, cores: int = 2) -> list[str]:
+    """How far the server could go on these cores at its measured CPU per request: the
+    load generator's cores are not the server's, and every request costs the server its
+    front end and batching on top of the runtime's share."""
+    best = max(fig.inprocess("resnet_bench"), key=lambda p: p["rows_per_s"], default=None)
+    p = fig.get("deepserve", "resnet_bench", "v2-binary", 64)
+    if not best or not p or not p["rps"] or not best.get("own_cpu_cores"):
+        return []
+    server_ms = 1e3 * p["server_cpu_cores"] / p["rps"]
+    runtime_ms = 1e3 * best["own_cpu_cores"] / best["rows_per_s"]
+    ceiling_rps = (cores - p["loadgen_cpu_cores"]) / server_ms * 1e3
+    return [(f"Ceiling on these {cores} cores: the load generator took {p['loadgen_cpu_cores']} cores at 64 clients and "
+             f"each request cost the server {server_ms:.2f} ms of CPU (in-process: {runtime_ms:.2f} ms per row at batch "
+             f"{best['batch']}), so with every remaining core busy the server could answer at most "
+             f"{_f(ceiling_rps)} req/s = **{ceiling_rps / best['rows_per_s']:.2f}** of in-process; the 0.8 target needs "
+             f"the server's CPU per request below {(cores - p['loadgen_cpu_cores']) / (0.8 * best['rows_per_s']) * 1e3:.2f} "
+             f"ms, i.e. its front end and batching under "
+             f"{(cores - p['loadgen_cpu_cores']) / (0.8 * best['rows_per_s']) * 1e3 - runtime_ms:.2f} ms per request.")]
 
 
 def section_overhead(fig: Figures) -> list[str]:
