@@ -104,15 +104,9 @@ def _uvicorn(app, settings: Settings, port: int) -> _Server:
     return _Server(config)
 
 
-async def serve(settings: Settings) -> None:
-    if settings.frontend_processes > 0:  # HTTP in N processes of its own (server/ingress)
-        from server.ingress.model_side import serve_multiprocess
-
-        return await serve_multiprocess(settings)
-    service, metrics = build_service(settings)
-    await service.repository.load_all()
-    app = _CloseWhenDraining(create_app(service, settings, metrics.registry), service)
-    servers = [_uvicorn(app, settings, settings.http_port)]
+async def start_side_servers(service, settings: Settings, metrics) -> tuple[list[_Server], object | None]:
+    """The servers beside the HTTP one, in the model process: ``--metrics-port`` and gRPC."""
+    servers = []
     if settings.metrics_port is not None:
         servers.append(_uvicorn(create_metrics_app(metrics.registry), settings, settings.metrics_port))
     grpc_server = None
@@ -123,6 +117,20 @@ async def serve(settings: Settings) -> None:
             log.warning("gRPC frontend is not available in this build")
         else:
             grpc_server = await start_grpc(service, settings)
+    return servers, grpc_server
+
+
+async def serve(settings: Settings) -> None:
+    if settings.frontend_processes > 0:  # HTTP in N processes of its own (server/ingress)
+        from server.ingress.model_side import serve_multiprocess
+
+        return await serve_multiprocess(settings)
+    service, metrics = build_service(settings)
+    await service.repository.load_all()
+    app = _CloseWhenDraining(create_app(service, settings, metrics.registry), service)
+    servers = [_uvicorn(app, settings, settings.http_port)]
+    more, grpc_server = await start_side_servers(service, settings, metrics)
+    servers += more
 
     stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

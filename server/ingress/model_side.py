@@ -297,9 +297,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
 async def serve_multiprocess(settings: Settings) -> None:
     """``server.serve.serve`` with the HTTP frontend in ``settings.frontend_processes``
     processes; the same drain (module docstring of ``server/serve.py``)."""
-    from server.frontends.http.app import create_metrics_app
     from server.ingress.frontend import run_frontend
-    from server.serve import CLOSE_GRACE_S, _drain, _uvicorn, build_service
+    from server.serve import CLOSE_GRACE_S, _drain, build_service, start_side_servers
 
     count = settings.frontend_processes
     service, metrics = build_service(settings)
@@ -321,17 +320,7 @@ async def serve_multiprocess(settings: Settings) -> None:
         process.start()
     log.info("model process %d: %d HTTP frontend processes on port %d", os.getpid(), count, port)
 
-    servers = []
-    if settings.metrics_port is not None:
-        servers.append(_uvicorn(create_metrics_app(metrics.registry), settings, settings.metrics_port))
-    grpc_server = None
-    if settings.grpc_enabled:
-        try:
-            from server.frontends.grpc.server import start_grpc
-        except ImportError:
-            log.warning("gRPC frontend is not available in this build")
-        else:
-            grpc_server = await start_grpc(service, settings)
+    servers, grpc_server = await start_side_servers(service, settings, metrics)
 
     loop = asyncio.get_running_loop()
     stop, hurry, died = asyncio.Event(), asyncio.Event(), asyncio.Event()
