@@ -162,6 +162,13 @@ async def serve(settings: Settings) -> None:
         await grpc_server.aclose(CLOSE_GRACE_S)  # only idle streams and instant calls are left
     await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
+    await unload_and_check(service, tasks, deadline)
+
+
+async def unload_and_check(service: InferenceService, tasks, deadline: float) -> None:
+    """The last step of a shutdown: unload the models (until the drain deadline, at least
+    CLOSE_GRACE_S), then raise what a server task raised."""
+    loop = asyncio.get_running_loop()
     try:
         await asyncio.wait_for(service.repository.aclose(), max(deadline - loop.time(), CLOSE_GRACE_S))
     except TimeoutError:

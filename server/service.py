@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -63,6 +63,37 @@ class ModelMetadata:
     task: str = ""  # the config's `task` parameter: "classify", "detect", ... ("" = none)
 
 
+class Admission:
+    """``max_inflight`` places, and failures counted exactly once: what
+    :meth:`InferenceService.accounting` does, shared with the frontend processes'
+    service (``count`` records a failure; ``scope`` says whose limit it is)."""
+
+    def __init__(self, max_inflight: int, count: Callable[[str, str, str], None], scope: str = "") -> None:
+        self.max_inflight, self._count, self._scope = max_inflight, count, scope
+        self._admitted = 0
+
+    @contextlib.contextmanager
+    def account(self, model_name: str, version: str = "", admit: bool = True) -> Iterator[None]:
+        if admit:
+            if self.max_inflight and self._admitted >= self.max_inflight:
+                error = QueueFull(f"the server is at its limit of {self.max_inflight} requests in flight{self._scope}; "
+                                  "retry later", retry_after_s=1.0)
+                error.counted = True
+                self._count(model_name, version, error.reason)
+                raise error
+            self._admitted += 1
+        try:
+            yield
+        except DeepserveError as exc:
+            if not exc.counted:
+                exc.counted = True
+                self._count(model_name, version, exc.reason)
+            raise
+        finally:
+            if admit:
+                self._admitted -= 1
+
+
 class InferenceService:
     def __init__(self, repository: ModelRepository, version: str, strict_readiness: bool = True,
                  max_inflight: int = 0) -> None:
@@ -70,7 +101,7 @@ class InferenceService:
         self.version = version
         self.strict_readiness = strict_readiness
         self.max_inflight = max_inflight  # inference requests admitted at once, server-wide (0 = no limit)
-        self._admitted = 0
+        self._admission = Admission(max_inflight, repository.count_refused)
         self._live = True
         # Set by the shutdown (SIGTERM): not ready, and new inferences are answered 503 while
         # the ones in ``_calls`` finish (``server/serve.py`` drains; liveness is unchanged).
@@ -193,8 +224,7 @@ class InferenceService:
             self._leave(call)
             self.repository.release(model)
 
-    @contextlib.contextmanager
-    def accounting(self, model_name: str, version: str = "", admit: bool = True) -> Iterator[None]:
+    def accounting(self, model_name: str, version: str = "", admit: bool = True):
         """Count exactly once every inference request that fails: wrap a frontend's whole
         handling of one request (decoding included). A failure the model's telemetry
         already counted passes through; any other (the body did not decode, no such model,
@@ -204,24 +234,7 @@ class InferenceService:
         With ``admit`` the request also takes one of the server-wide ``max_inflight``
         places until it is answered (a stream: until its first response); with none left it
         is refused at once, before its body is read where the route allows (503, OVERLOAD)."""
-        if admit:
-            if self.max_inflight and self._admitted >= self.max_inflight:
-                error = QueueFull(f"the server is at its limit of {self.max_inflight} requests in flight; retry later",
-                                  retry_after_s=1.0)
-                error.counted = True
-                self.repository.count_refused(model_name, version, error.reason)
-                raise error
-            self._admitted += 1
-        try:
-            yield
-        except DeepserveError as exc:
-            if not exc.counted:
-                exc.counted = True
-                self.repository.count_refused(model_name, version, exc.reason)
-            raise
-        finally:
-            if admit:
-                self._admitted -= 1
+        return self._admission.account(model_name, version, admit)
 
     # -- the drain (server/serve.py) ---------------------------------------------------
 

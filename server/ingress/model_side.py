@@ -298,7 +298,7 @@ async def serve_multiprocess(settings: Settings) -> None:
     """``server.serve.serve`` with the HTTP frontend in ``settings.frontend_processes``
     processes; the same drain (module docstring of ``server/serve.py``)."""
     from server.ingress.frontend import run_frontend
-    from server.serve import CLOSE_GRACE_S, _drain, build_service, start_side_servers
+    from server.serve import CLOSE_GRACE_S, _drain, build_service, start_side_servers, unload_and_check
 
     count = settings.frontend_processes
     service, metrics = build_service(settings)
@@ -366,13 +366,7 @@ async def serve_multiprocess(settings: Settings) -> None:
     for waiter in waiters:
         waiter.cancel()
     await side.close()
-    try:
-        await asyncio.wait_for(service.repository.aclose(), max(deadline - loop.time(), CLOSE_GRACE_S))
-    except TimeoutError:
-        log.warning("the models did not unload before the drain timeout; exiting without waiting for them")
-    for task in tasks:
-        if task.done() and task.exception() is not None:
-            raise task.exception()
+    await unload_and_check(service, tasks, deadline)
     if died.is_set() and not stop.is_set():
         raise SystemExit(1)
 

@@ -23,12 +23,13 @@ import contextlib
 import itertools
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from server.core.errors import CANCEL_COUNTED, DeepserveError, QueueFull, Unavailable
+from server.core.errors import CANCEL_COUNTED, Unavailable
 from server.core.types import InferenceRequest, InferenceResponse
 from server.ingress import ipc
+from server.service import Admission
 
 CANCEL_WAIT_S = 5.0
 FREE_DELAY_S = 0.005
@@ -48,7 +49,7 @@ class RemoteInferenceService:
         self.socket_path = socket_path
         self.index = index
         self.max_inflight = max_inflight
-        self._admitted = 0
+        self._admission = Admission(max_inflight, self._count, " (this frontend process's share)")
         self._requests = ipc.Arena(ipc.attach_segment(segments[0]))
         self._responses = ipc.Arena(ipc.attach_segment(segments[1]))
         self._ids = itertools.count(1)
@@ -307,28 +308,10 @@ class RemoteInferenceService:
                     CANCEL_COUNTED.set(True)
             self._pending.pop(rid, None)
 
-    @contextlib.contextmanager
-    def accounting(self, model_name: str, version: str = "", admit: bool = True) -> Iterator[None]:
+    def accounting(self, model_name: str, version: str = "", admit: bool = True):
         """``InferenceService.accounting`` with this process's share of ``max_inflight``;
         a failure not yet counted is counted by the model process (one message)."""
-        if admit:
-            if self.max_inflight and self._admitted >= self.max_inflight:
-                error = QueueFull(f"the server is at its limit of {self.max_inflight} requests in flight "
-                                  "(this frontend process's share); retry later", retry_after_s=1.0)
-                error.counted = True
-                self._count(model_name, version, error.reason)
-                raise error
-            self._admitted += 1
-        try:
-            yield
-        except DeepserveError as exc:
-            if not exc.counted:
-                exc.counted = True
-                self._count(model_name, version, exc.reason)
-            raise
-        finally:
-            if admit:
-                self._admitted -= 1
+        return self._admission.account(model_name, version, admit)
 
     def _count(self, model_name: str, version: str, reason: str) -> None:
         if self._conn is not None:
