@@ -18,6 +18,7 @@ Parameters (strings, as every config parameter), each with its default:
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from server.scheduling.generation.planner import Budget
 from server.scheduling.policy import batch_policy_from_config
 
 BACKEND = "generation"
+# The model runner (torch) is imported by name when a generation model loads, as the runtime
+# registry imports its runtimes: no import on the serving path reaches torch.
+RUNNER_MODULE = "server.scheduling.generation.runner"
 INPUTS = {"text_input": ("BYTES", [1]), "input_ids": ("INT32", [-1]), "max_tokens": ("INT32", [1]), "stream": ("BOOL", [1])}
 OUTPUTS = {
     "text_output": ("BYTES", [1]), "index": ("INT32", [1]), "finish_reason": ("BYTES", [1]),
@@ -94,7 +98,7 @@ def load_generation(name: str, version: str, model_dir: Path, config: ModelConfi
         raise InvalidInput(f"generation model '{name}' version {version} needs config.json (with model_type) "
                            "and tokenizer.json beside its *.safetensors")
     p = parameters(config)
-    from server.scheduling.generation.runner import ModelRunner  # imports torch
+    ModelRunner = importlib.import_module(RUNNER_MODULE).ModelRunner  # noqa: N806 (a class)
 
     cache_bytes = _int(p, "kv_cache_bytes", None)
     try:
