@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-# v2 datatype -> numpy dtype (BYTES: object arrays of bytes).
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(bool),
-    "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16), "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8), "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
+from server.core.datatypes import DATATYPES, numpy_dtype, serialize_bytes
+
+# v2 datatype -> numpy dtype (BYTES: object arrays of bytes): the server's own table.
+DTYPES: dict[str, np.dtype] = {name: numpy_dtype(name) for name in sorted(DATATYPES - {"BF16"})}
 
 
 @dataclass(frozen=True)
@@ -168,7 +163,7 @@ def load_input_data(path: Path, metadata: Mapping, overrides: Mapping[str, list[
 
 def _raw(tensor: Tensor) -> bytes:
     if tensor.datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(v)) + v for v in tensor.data.reshape(-1))
+        return serialize_bytes(tensor.data)
     return np.ascontiguousarray(tensor.data).tobytes()
 
 
