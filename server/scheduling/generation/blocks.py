@@ -23,11 +23,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    parent: int  # the hash of the previous block's key (0 for the first block)
+    parent: int  # the digest of the previous block's key (0 for the first block)
     tokens: tuple[int, ...]
+    digest: int  # hash((parent, tokens)), computed once
 
-    def digest(self) -> int:
-        return hash((self.parent, self.tokens))
+
+def _key(parent: int, tokens: tuple[int, ...]) -> _Key:
+    return _Key(parent, tokens, hash((parent, tokens)))
 
 
 class BlockManager:
@@ -63,34 +65,36 @@ class BlockManager:
         parent = 0
         size = self.block_size
         for start in range(0, len(tokens) - 1 - size + 1, size):
-            key = _Key(parent, tuple(tokens[start:start + size]))
-            digest = key.digest()
-            block = self._cached.get(digest)
+            key = _key(parent, tuple(tokens[start:start + size]))
+            block = self._cached.get(key.digest)
             if block is None or self._key.get(block) != key:
                 break
             found.append(block)
-            parent = digest
+            parent = key.digest
         for block in found:
             self._take(block)
         return found
 
-    def register(self, table: Sequence[int], tokens: Sequence[int], computed: int) -> None:
-        """Cache the full blocks among the first ``computed`` tokens (idempotent). A block
-        whose contents another block already caches stays private."""
-        if not self.prefix_caching:
-            return
-        parent = 0
+    def register(self, table: Sequence[int], tokens: Sequence[int], computed: int, start: int = 0,
+                 parent: int = 0) -> tuple[int, int]:
+        """Cache the full blocks among the first ``computed`` tokens, from block ``start``
+        (whose predecessor's digest is ``parent``; the caller keeps both, so each block is
+        hashed once). A block whose contents another block already caches stays private.
+        Returns where the next call starts: the full blocks walked and the last digest."""
         size = self.block_size
-        for index in range(computed // size):
+        full = computed // size
+        if not self.prefix_caching:
+            return full, parent
+        for index in range(start, full):
             block = table[index]
             key = self._key.get(block)
             if key is None:
-                key = _Key(parent, tuple(tokens[index * size:(index + 1) * size]))
-                digest = key.digest()
-                if digest not in self._cached:
-                    self._cached[digest] = block
+                key = _key(parent, tuple(tokens[index * size:(index + 1) * size]))
+                if key.digest not in self._cached:
+                    self._cached[key.digest] = block
                     self._key[block] = key
-            parent = key.digest()
+            parent = key.digest
+        return full, parent
 
     # -- allocation -----------------------------------------------------------------------
     def can_allocate(self, table: Sequence[int], tokens: int, reserve: int = 0) -> bool:
@@ -128,6 +132,6 @@ class BlockManager:
         else:
             block, _ = self._evictable.popitem(last=False)
             key = self._key.pop(block)
-            del self._cached[key.digest()]
+            del self._cached[key.digest]
         self._refs[block] = 1
         return block

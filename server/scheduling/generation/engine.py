@@ -318,7 +318,7 @@ class GenerationEngine:
             self._wake.wait(0.001)
             return
         started = self.clock()
-        logits = self.runner.step([SeqWork(w.seq.tokens[w.start:w.start + w.count], w.start, tuple(w.seq.table))
+        logits = self.runner.step([SeqWork(w.seq.span(w.start, w.count), w.start, tuple(w.seq.table))
                                    for w in plan.work])
         stepped = self.clock()
         sampled: dict[int, int] = {}

@@ -23,7 +23,6 @@ position's), caches its full blocks, and the engine retires finished sequences w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -53,6 +52,8 @@ class Seq:
     cached_tokens: int = 0  # prompt tokens the prefix cache held at first admission
     admitted: bool = False
     preemptions: int = 0
+    hashed_blocks: int = 0  # full blocks the prefix cache has seen (where the next registration starts)
+    hash_parent: int = 0  # the digest of the last of them
     state: State = State.WAITING
     id: int = field(default_factory=lambda: next(_ids))
 
@@ -63,6 +64,14 @@ class Seq:
     @property
     def length(self) -> int:
         return len(self.prompt) + len(self.output)
+
+    def span(self, start: int, count: int) -> list[int]:
+        """``tokens[start:start + count]`` without joining prompt and output (a decode step
+        reads only the newest token)."""
+        cut = len(self.prompt)
+        if start >= cut:
+            return self.output[start - cut:start - cut + count]
+        return (self.prompt + self.output)[start:start + count]
 
     def rank(self) -> tuple[int, float, int]:
         return (self.priority, self.arrival, self.id)
@@ -160,7 +169,9 @@ class Planner:
             token = sampled.get(seq.id)
             if token is not None:
                 seq.output.append(token)
-            self.blocks.register(seq.table, seq.tokens, seq.computed)
+            if seq.computed // self.blocks.block_size > seq.hashed_blocks:  # a block filled up
+                seq.hashed_blocks, seq.hash_parent = self.blocks.register(
+                    seq.table, seq.tokens, seq.computed, seq.hashed_blocks, seq.hash_parent)
 
     def finish(self, seq: Seq) -> None:
         """Retire a sequence (done, stopped or cancelled): its blocks are freed at once."""
@@ -183,7 +194,7 @@ class Planner:
     def _preempt(self, seq: Seq) -> None:
         self.running.remove(seq)
         self.blocks.free(seq.table)
-        seq.computed = 0
+        seq.computed = seq.hashed_blocks = seq.hash_parent = 0
         seq.preemptions += 1
         self.add(seq)
 
@@ -202,6 +213,7 @@ class Planner:
     def _admit(self, seq: Seq, budget: int, scheduled: set[int], work: list[Work], preempted: list[Seq]) -> Work | None:
         tokens = seq.tokens
         if not seq.table:
+            seq.hashed_blocks = seq.hash_parent = 0  # a new table: its blocks are walked again
             hits = self.blocks.match_prefix(tokens)
             seq.table.extend(hits)
             seq.computed = len(hits) * self.blocks.block_size
@@ -220,7 +232,3 @@ class Planner:
         self.running.append(seq)
         return Work(seq, seq.computed, count)
 
-
-def sampled_work(plan: Plan) -> Sequence[Work]:
-    """The work whose logits are sampled this iteration."""
-    return [w for w in plan.work if w.samples]
