@@ -17,7 +17,7 @@ import statistics
 
 from loadtests.runinfo import div as _div
 from loadtests.runinfo import fmt as _f
-from loadtests.runinfo import page_header
+from loadtests.runinfo import page_header, speedup_verdict
 from loadtests.runinfo import times as _x
 
 MODEL = "textgen"
@@ -126,14 +126,8 @@ def verdict(results: dict) -> dict:
 
 
 def speedup_sentence(v: dict) -> str:
-    if v["speedup"] is None:
-        return f"**MISSED**: the {v['top']}-stream speedup could not be computed (no tokens at 1 stream or at {v['top']})."
-    figures = (f"{_f(v['many'], 1)} tokens/s at {v['top']} streams / {_f(v['one'], 1)} tokens/s at 1 stream = "
-               f"**{v['speedup']:.2f}x**")
-    if v["met"]:
-        return f"**MET**: {figures}, at or above the {v['target']:g}x target."
-    return (f"**MISSED**: {figures}, below the {v['target']:g}x target (it needed {_f(v['needed'], 1)} tokens/s at "
-            f"{v['top']} streams).")
+    return speedup_verdict(v["top"], v["many"], v["one"], "tokens/s", v["speedup"], v["target"], v["met"], v["needed"],
+                           f"no tokens at 1 stream or at {v['top']}")
 
 
 def why_sentence(results: dict) -> str | None:

@@ -234,6 +234,17 @@ def times(value) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def speedup_verdict(top: int, many, one, unit: str, speedup, target: float, met: bool, needed,
+                    why_none: str) -> str:
+    """"MET / MISSED: X unit at N streams / Y unit at 1 stream = Zx ..." for the scaling targets."""
+    if speedup is None:
+        return f"**MISSED**: the {top}-stream speedup could not be computed ({why_none})."
+    figures = f"{fmt(many, 1)} {unit} at {top} streams / {fmt(one, 1)} {unit} at 1 stream = **{speedup:.2f}x**"
+    if met:
+        return f"**MET**: {figures}, at or above the {target:g}x target."
+    return f"**MISSED**: {figures}, below the {target:g}x target (it needed {fmt(needed, 1)} {unit} at {top} streams)."
+
+
 def package_version(package: str) -> str:
     try:
         return importlib.metadata.version(package)

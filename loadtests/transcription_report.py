@@ -11,7 +11,7 @@ import statistics
 
 from loadtests.runinfo import div as _div
 from loadtests.runinfo import fmt as _f
-from loadtests.runinfo import page_header
+from loadtests.runinfo import page_header, speedup_verdict
 from loadtests.runinfo import times as _x
 
 MODEL, NETWORK = "speech", "speech_ctc"
@@ -154,14 +154,8 @@ def rtf_sentence(v: dict) -> str:
 
 
 def speedup_sentence(v: dict) -> str:
-    if v["speedup"] is None:
-        return f"**MISSED**: the {v['top']}-stream speedup could not be computed (no 1-stream throughput)."
-    figures = (f"{_f(v['throughput_top'], 1)} audio-s/s at {v['top']} streams / {_f(v['throughput_1'], 1)} audio-s/s "
-               f"at 1 stream = **{v['speedup']:.2f}x**")
-    if v["speedup_met"]:
-        return f"**MET**: {figures}, at or above the {v['speedup_target']:g}x target."
-    return (f"**MISSED**: {figures}, below the {v['speedup_target']:g}x target (it needed "
-            f"{_f(v['needed_throughput'], 1)} audio-s/s at {v['top']} streams).")
+    return speedup_verdict(v["top"], v["throughput_top"], v["throughput_1"], "audio-s/s", v["speedup"],
+                           v["speedup_target"], v["speedup_met"], v["needed_throughput"], "no 1-stream throughput")
 
 
 def quiet_rounds(results: dict, max_others: float = 0.5) -> dict | None:
