@@ -41,28 +41,40 @@ def write_tokenizer(folder: Path, vocab_size: int = 320, chat_template: str | No
     return tokenizer.get_vocab_size()
 
 
-def write_gpt2(folder: Path, seed: int = 0) -> Path:
+def _architecture(vocab_size: int | None, tokenizer_vocab: int, initializer_range: float | None) -> dict:
+    """The model's vocabulary (the tokenizer's, or a padded one at least as large) and init scale."""
+    out = {"vocab_size": max(vocab_size or 0, tokenizer_vocab)}
+    if initializer_range is not None:
+        out["initializer_range"] = initializer_range
+    return out
+
+
+def write_gpt2(folder: Path, seed: int = 0, vocab_size: int | None = None, initializer_range: float | None = None,
+               **save) -> Path:
+    """``save``: more ``save_pretrained`` arguments (``max_shard_size`` for a sharded checkpoint)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    vocab = write_tokenizer(folder)
+    vocab = write_tokenizer(folder, vocab_size or 320)
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0,
-                        eos_token_id=0)
-    GPT2LMHeadModel(config).eval().save_pretrained(folder, safe_serialization=True)
+    config = GPT2Config(n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
+                        **_architecture(vocab_size, vocab, initializer_range))
+    GPT2LMHeadModel(config).eval().save_pretrained(folder, safe_serialization=True, **save)
     return folder
 
 
-def write_llama(folder: Path, seed: int = 0, tied: bool = False) -> Path:
+def write_llama(folder: Path, seed: int = 0, tied: bool = False, vocab_size: int | None = None,
+                initializer_range: float | None = None, **save) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    vocab = write_tokenizer(folder, chat_template=LLAMA_TEMPLATE)
+    vocab = write_tokenizer(folder, vocab_size or 320, chat_template=LLAMA_TEMPLATE)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0, rms_norm_eps=1e-5)
-    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=tied,
+                         bos_token_id=0, eos_token_id=0, rms_norm_eps=1e-5,
+                         **_architecture(vocab_size, vocab, initializer_range))
+    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True, **save)
     return folder
 
 

@@ -18,56 +18,18 @@ from server.scheduling.generation.runner import ModelRunner, RunnerSpec, SeqWork
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+from tests.integration.generation_fixtures import write_gpt2, write_llama  # noqa: E402 (after the skips)
+
 VOCAB = 300
 BS = 4  # block size: small, so 20 decode steps cross several block boundaries
-LINES = [
-    "the quick brown fox jumps over the lazy dog",
-    "a paged kv cache stores keys and values in fixed size blocks",
-    "continuous batching admits new requests at every step",
-    "hello world, hello tokens, hello generation",
-]
-
-
-def _tokenizer(folder: Path) -> None:
-    tok = tokenizers.ByteLevelBPETokenizer()
-    tok.train_from_iterator(LINES * 4, vocab_size=VOCAB, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tok.save(str(folder / "tokenizer.json"))
 
 
 def _make(folder: Path, kind: str, **save) -> Path:
-    torch.manual_seed({"gpt2": 0, "llama": 1, "llama_tied": 2}[kind])
+    """A tiny random checkpoint (the integration tests' writers) with a 300-id vocabulary."""
+    common = dict(vocab_size=VOCAB, initializer_range=0.1, **save)
     if kind == "gpt2":
-        cfg = transformers.GPT2Config(
-            n_layer=2,
-            n_embd=64,
-            n_head=4,
-            vocab_size=VOCAB,
-            n_positions=128,
-            bos_token_id=0,
-            eos_token_id=0,
-            initializer_range=0.1,
-        )
-        model = transformers.GPT2LMHeadModel(cfg)
-    else:
-        cfg = transformers.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=VOCAB,
-            max_position_embeddings=128,
-            bos_token_id=0,
-            eos_token_id=0,
-            initializer_range=0.1,
-            tie_word_embeddings=kind == "llama_tied",
-        )
-        model = transformers.LlamaForCausalLM(cfg)
-    model.eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True, **save)
-    _tokenizer(folder)
-    return folder
+        return write_gpt2(folder, seed=0, **common)
+    return write_llama(folder, seed={"llama": 1, "llama_tied": 2}[kind], tied=kind == "llama_tied", **common)
 
 
 @pytest.fixture(scope="module")
