@@ -132,18 +132,8 @@ async def serve(settings: Settings) -> None:
     more, grpc_server = await start_side_servers(service, settings, metrics)
     servers += more
 
-    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if not stop.is_set():
-            stop.set()
-        elif not hurry.is_set():
-            log.warning("%s during the drain: ending it now", sig.name)
-            hurry.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    stop, hurry = shutdown_signals()
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -163,6 +153,23 @@ async def serve(settings: Settings) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
     await unload_and_check(service, tasks, deadline)
+
+
+def shutdown_signals() -> tuple[asyncio.Event, asyncio.Event]:
+    """SIGINT / SIGTERM set ``stop`` (drain); a second one sets ``hurry`` (end the drain now)."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            stop.set()
+        elif not hurry.is_set():
+            log.warning("%s during the drain: ending it now", sig.name)
+            hurry.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return stop, hurry
 
 
 async def unload_and_check(service: InferenceService, tasks, deadline: float) -> None:

@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import pickle
 import shutil
-import signal
 import socket
 import tempfile
 from contextlib import aclosing
@@ -298,7 +297,14 @@ async def serve_multiprocess(settings: Settings) -> None:
     """``server.serve.serve`` with the HTTP frontend in ``settings.frontend_processes``
     processes; the same drain (module docstring of ``server/serve.py``)."""
     from server.ingress.frontend import run_frontend
-    from server.serve import CLOSE_GRACE_S, _drain, build_service, start_side_servers, unload_and_check
+    from server.serve import (
+        CLOSE_GRACE_S,
+        _drain,
+        build_service,
+        shutdown_signals,
+        start_side_servers,
+        unload_and_check,
+    )
 
     count = settings.frontend_processes
     service, metrics = build_service(settings)
@@ -323,14 +329,8 @@ async def serve_multiprocess(settings: Settings) -> None:
     servers, grpc_server = await start_side_servers(service, settings, metrics)
 
     loop = asyncio.get_running_loop()
-    stop, hurry, died = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if not stop.is_set():
-            stop.set()
-        elif not hurry.is_set():
-            log.warning("%s during the drain: ending it now", sig.name)
-            hurry.set()
+    stop, hurry = shutdown_signals()
+    died = asyncio.Event()
 
     def on_exit(process) -> None:
         loop.remove_reader(process.sentinel)
@@ -338,8 +338,6 @@ async def serve_multiprocess(settings: Settings) -> None:
             log.error("frontend process %s exited (code %s): shutting the server down", process.name, process.exitcode)
             died.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
     for process in processes:
         loop.add_reader(process.sentinel, on_exit, process)
     tasks = [asyncio.create_task(s.serve()) for s in servers]
