@@ -83,10 +83,6 @@ class TextCodec:
             template = named.get("default")
         return template if isinstance(template, str) and template else DEFAULT_CHAT_TEMPLATE
 
-    @property
-    def has_own_template(self) -> bool:
-        return self.template_source is not DEFAULT_CHAT_TEMPLATE
-
     @cached_property
     def _chat(self) -> jinja2.Template:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
