@@ -182,6 +182,26 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, -1, 1).astype(np.float32)
 
 
+def augment_features(f: np.ndarray, rng: np.random.Generator, warp_max: float, mask_max: int) -> np.ndarray:
+    """Speaker-like variation in feature space: with probability 0.5 the mel axis is stretched
+    or squeezed by up to ``warp_max`` (a vocal-tract-length-like warp, linear interpolation
+    between bins), and with probability 0.5 one band of up to ``mask_max`` bins is set to the
+    utterance's mean (SpecAugment's frequency mask)."""
+    f = f.copy()
+    n = f.shape[1]
+    if warp_max > 0 and rng.random() < 0.5:
+        pos = np.clip(np.arange(n) * (1 + rng.uniform(-warp_max, warp_max)), 0, n - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n - 1)
+        w = (pos - lo).astype(np.float32)
+        f = f[:, lo] * (1 - w) + f[:, hi] * w
+    if mask_max > 0 and rng.random() < 0.5:
+        width = int(rng.integers(1, mask_max + 1))
+        start = int(rng.integers(0, n - width + 1))
+        f[:, start : start + width] = f.mean()
+    return f.astype(np.float32)
+
+
 def pad_features(feats: list[np.ndarray], extra_frames: int = 0) -> np.ndarray:
     """``(B, T_max + extra_frames, N_MELS)`` float32, padded with ``FEATURE_FLOOR``."""
     t_max = max(len(f) for f in feats) + extra_frames

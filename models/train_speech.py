@@ -3,7 +3,8 @@
     python -m models.train_speech --seed 0 --minutes 50 --out models/weights/speech_ctc.safetensors
 
 Synthesizes the splits (``models.speech_data``, cached in ``~/.cache/deepserve/speech``),
-then trains on augmented audio (a fresh augmentation per sample and step) with CTC loss,
+then trains on augmented audio (a fresh augmentation per sample and step: noise, reverb,
+gain, silence, then a mel-axis warp and a frequency mask on the features) with CTC loss,
 Adam, linear warm-up and cosine decay, gradient clipping; batches are groups of similar
 length padded with ``FEATURE_FLOOR`` (to a multiple of ``PAD_MULTIPLE`` frames, so the
 network always sees some padding). Validation greedy WER is logged every
@@ -34,6 +35,7 @@ from models.speech_data import (
     HELD_OUT_VARIANTS,
     AudioSet,
     augment,
+    augment_features,
     load_splits,
     pad_features,
     voices,
@@ -55,6 +57,8 @@ class TrainConfig:
     clip_norm: float = 1.0
     eval_every: int = 250
     seed: int = 0
+    mel_warp: float = 0.12  # feature-space augmentation (speech_data.augment_features); 0 turns it off
+    freq_mask_bins: int = 10
 
 
 class Batches(torch.utils.data.Dataset):
@@ -78,7 +82,11 @@ class Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.config.seed, self.epoch, k, 7])
-        feats = [log_mel(augment(self.audio.samples(i), rng)) for i in self.batches[k]]
+        c = self.config
+        feats = [
+            augment_features(log_mel(augment(self.audio.samples(i), rng)), rng, c.mel_warp, c.freq_mask_bins)
+            for i in self.batches[k]
+        ]
         t_max = max(len(f) for f in feats)
         x = pad_features(feats, extra_frames=-t_max % PAD_MULTIPLE + int(rng.integers(0, 2)) * PAD_MULTIPLE)
         labels = [speech_ctc.encode(self.audio.utterances[i].transcript) for i in self.batches[k]]
