@@ -51,7 +51,7 @@ def serve(
     admin_key: Annotated[Optional[str], _opt("Key for repository load / unload / index (also valid for inference; default: the API key).", "ADMIN_KEY")] = None,
     admin_key_file: Annotated[Optional[Path], _opt("File of admin keys, one a line.", "ADMIN_KEY_FILE")] = None,
     cors_origins: Annotated[Optional[str], _opt("Comma-separated origins allowed by CORS, or '*' (default off).", "CORS_ORIGINS")] = None,
-    frontend_processes: Annotated[Optional[int], _opt("HTTP frontend processes sharing the HTTP port, handing tensors to the model process over shared memory (default 0 = HTTP in the model process).", "FRONTEND_PROCESSES")] = None,
+    frontend_processes: Annotated[Optional[int], _opt("Frontend processes sharing the HTTP and gRPC ports, handing tensors to the model process over shared memory (default 0 = both in the model process).", "FRONTEND_PROCESSES")] = None,
 ) -> None:
     """Serve a model repository over HTTP (v2, /metrics) and gRPC."""
     given = {

@@ -104,19 +104,31 @@ def _uvicorn(app, settings: Settings, port: int) -> _Server:
     return _Server(config)
 
 
-async def start_side_servers(service, settings: Settings, metrics) -> tuple[list[_Server], object | None]:
-    """The servers beside the HTTP one, in the model process: ``--metrics-port`` and gRPC."""
+def grpc_available(settings: Settings) -> bool:
+    """gRPC is on and this build has its packages."""
+    if not settings.grpc_enabled:
+        return False
+    try:
+        import server.frontends.grpc.server  # noqa: F401
+    except ImportError:
+        log.warning("gRPC frontend is not available in this build")
+        return False
+    return True
+
+
+async def start_side_servers(
+    service, settings: Settings, metrics, grpc: bool = True
+) -> tuple[list[_Server], object | None]:
+    """The servers beside the HTTP one, in the model process: ``--metrics-port`` and (unless
+    ``grpc`` is false: the frontend processes serve it) gRPC."""
     servers = []
     if settings.metrics_port is not None:
         servers.append(_uvicorn(create_metrics_app(metrics.registry), settings, settings.metrics_port))
     grpc_server = None
-    if settings.grpc_enabled:
-        try:
-            from server.frontends.grpc.server import start_grpc
-        except ImportError:
-            log.warning("gRPC frontend is not available in this build")
-        else:
-            grpc_server = await start_grpc(service, settings)
+    if grpc and grpc_available(settings):
+        from server.frontends.grpc.server import start_grpc
+
+        grpc_server = await start_grpc(service, settings)
     return servers, grpc_server
 
 

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     )
     frontend_processes: int = Field(
         0, ge=0, le=256,
-        description="HTTP frontend processes (0 = HTTP in the model process); N > 0: N processes share the HTTP port (SO_REUSEPORT) and hand tensors to the model process over shared memory.",
+        description="Frontend processes (0 = HTTP and gRPC in the model process); N > 0: N processes share the HTTP and gRPC ports (SO_REUSEPORT) and hand tensors to the model process over shared memory.",
     )
     build_default_repository: bool = Field(
         True, description="Build the default model repository when serving the default path and it is missing."

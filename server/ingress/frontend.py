@@ -1,11 +1,13 @@
 """A frontend process of ``--frontend-processes N``: the HTTP app (``create_app``, the
-same routes and fast path as the single-process server) over a
-``RemoteInferenceService``, on its own SO_REUSEPORT listening socket of the HTTP port
-(the kernel spreads connections across the N processes).
+same routes and fast path as the single-process server) and the gRPC server
+(``start_grpc``, the same servicer) over a ``RemoteInferenceService``, each on its own
+SO_REUSEPORT listening socket of the shared port (the kernel spreads connections across
+the N processes).
 
-It ignores SIGINT / SIGTERM: the model process decides. It stops when the model process
-says so (``stop``: the listener closes, requests still being handled get the grace it
-gives), and exits at once when the model process goes away.
+It ignores SIGINT / SIGTERM: the model process decides. When the model process starts
+draining, gRPC health turns NOT_SERVING at once. It stops when the model process says so
+(``stop``: the listeners close, requests still being handled get the grace it gives),
+and exits at once when the model process goes away.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_frontend(settings: Settings, index: int, socket_path: str, segments: list[str], port: int, max_inflight: int) -> None:
+def run_frontend(
+    settings: Settings, index: int, socket_path: str, segments: list[str], port: int, grpc_port: int | None,
+    max_inflight: int,
+) -> None:
     """The process's entry point (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -61,14 +66,17 @@ def run_frontend(settings: Settings, index: int, socket_path: str, segments: lis
     setup_logging(settings.log_level, settings.log_format)
     import uvloop
 
-    code = uvloop.run(_serve(settings, index, socket_path, segments, port, max_inflight))
+    code = uvloop.run(_serve(settings, index, socket_path, segments, port, grpc_port, max_inflight))
     logging.shutdown()
     os._exit(code)
 
 
-async def _serve(settings: Settings, index: int, socket_path: str, segments: list[str], port: int, max_inflight: int) -> int:
+async def _serve(
+    settings: Settings, index: int, socket_path: str, segments: list[str], port: int, grpc_port: int | None,
+    max_inflight: int,
+) -> int:
     from server.frontends.http.app import create_app
-    from server.serve import _CloseWhenDraining, _uvicorn
+    from server.serve import CLOSE_GRACE_S, _CloseWhenDraining, _uvicorn
 
     service = RemoteInferenceService(socket_path, index, segments, max_inflight)
     await service.connect()
@@ -76,8 +84,18 @@ async def _serve(settings: Settings, index: int, socket_path: str, segments: lis
     server = _uvicorn(app, settings, port)
     sock = listening_socket(settings.host, port)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
+    grpc_server = watcher = None
+    if grpc_port is not None:
+        from server.frontends.grpc.server import start_grpc
+
+        grpc_server = await start_grpc(service, settings, port=grpc_port, reuse_port=True)
+        watcher = asyncio.create_task(_drain_grpc_when_told(service, grpc_server))
     await asyncio.wait([serving, service.stopped], return_when=asyncio.FIRST_COMPLETED)
+    if watcher is not None:
+        watcher.cancel()
     if serving.done():  # uvicorn stopped by itself (it could not start)
+        if grpc_server is not None:
+            await grpc_server.aclose(0)
         service.close()
         return 1
     grace = service.stopped.result()
@@ -85,13 +103,18 @@ async def _serve(settings: Settings, index: int, socket_path: str, segments: lis
         log.error("frontend %d: the model process is gone; exiting", index)
         server.force_exit = True
         server.should_exit = True
-        try:
-            await asyncio.wait_for(serving, 2.0)
-        except (TimeoutError, asyncio.CancelledError):
-            pass
+        closing = [serving] if grpc_server is None else [serving, asyncio.ensure_future(grpc_server.aclose(0))]
+        await asyncio.wait(closing, timeout=2.0)
         return 1
     server.config.timeout_graceful_shutdown = grace
     server.should_exit = True
+    if grpc_server is not None:  # only idle streams and instant calls are left: the drain is over
+        await grpc_server.aclose(min(grace, CLOSE_GRACE_S))
     await serving
     service.close()
     return 0
+
+
+async def _drain_grpc_when_told(service: RemoteInferenceService, grpc_server) -> None:
+    await service.draining.wait()
+    await grpc_server.drain()

@@ -1,7 +1,8 @@
 """The model process of ``--frontend-processes N``: it owns the repository, the batchers
-and the runtimes (one ``InferenceService``), serves gRPC and ``--metrics-port`` itself,
-and runs an IPC server on a Unix socket that executes the ``InferenceService`` calls of
-N HTTP frontend processes (``server/ingress/frontend.py``).
+and the runtimes (one ``InferenceService``), serves ``--metrics-port`` itself, reserves
+the HTTP and gRPC ports, and runs an IPC server on a Unix socket that executes the
+``InferenceService`` calls of N frontend processes (``server/ingress/frontend.py``), each
+serving HTTP and gRPC.
 
 Messages a frontend sends (``ipc`` framing) and what this side answers:
 
@@ -301,6 +302,7 @@ async def serve_multiprocess(settings: Settings) -> None:
         CLOSE_GRACE_S,
         _drain,
         build_service,
+        grpc_available,
         shutdown_signals,
         start_side_servers,
         unload_and_check,
@@ -311,22 +313,26 @@ async def serve_multiprocess(settings: Settings) -> None:
     await service.repository.load_all()
     side = ModelSide(service, metrics.registry, count)
     await side.start()
-    reserved = reserve_port(settings.host, settings.http_port)
-    port = reserved.getsockname()[1]
+    reserved = [reserve_port(settings.host, settings.http_port)]
+    port = reserved[0].getsockname()[1]
+    grpc_port = None
+    if grpc_available(settings):  # gRPC is served by the frontends too, on a port they share
+        reserved.append(reserve_port(settings.host, settings.grpc_port))
+        grpc_port = reserved[1].getsockname()[1]
     share = -(-settings.max_inflight // count) if settings.max_inflight else 0  # each frontend's admission limit
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
             target=run_frontend, name=f"deepserve-frontend-{i}", daemon=False,
-            args=(settings, i, side.path, [s.name for s in side.segments[i]], port, share),
+            args=(settings, i, side.path, [s.name for s in side.segments[i]], port, grpc_port, share),
         )
         for i in range(count)
     ]
     for process in processes:
         process.start()
-    log.info("model process %d: %d HTTP frontend processes on port %d", os.getpid(), count, port)
-
-    servers, grpc_server = await start_side_servers(service, settings, metrics)
+    log.info("model process %d: %d frontend processes on HTTP port %d%s", os.getpid(), count, port,
+             "" if grpc_port is None else f" and gRPC port {grpc_port}")
+    servers, _ = await start_side_servers(service, settings, metrics, grpc=False)
 
     loop = asyncio.get_running_loop()
     stop, hurry = shutdown_signals()
@@ -347,7 +353,7 @@ async def serve_multiprocess(settings: Settings) -> None:
     service.shutting_down = True
     side.broadcast_state()
     if stop.is_set():
-        await _drain(service, grpc_server, settings, hurry, deadline)
+        await _drain(service, None, settings, hurry, deadline)  # the frontends drain their gRPC servers
     if hurry.is_set():
         deadline = loop.time()
     log.info("shutting down: closing the listeners")
@@ -357,9 +363,8 @@ async def serve_multiprocess(settings: Settings) -> None:
         s.config.timeout_graceful_shutdown = remaining
         s.should_exit = True
     await _join(processes, remaining + CLOSE_GRACE_S)
-    reserved.close()
-    if grpc_server is not None:
-        await grpc_server.aclose(CLOSE_GRACE_S)
+    for sock in reserved:
+        sock.close()
     await asyncio.gather(*tasks, return_exceptions=True)
     for waiter in waiters:
         waiter.cancel()

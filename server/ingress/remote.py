@@ -65,10 +65,12 @@ class RemoteInferenceService:
         self.version = ""
         self._server_metadata: dict = {}
         self.stopped: asyncio.Future | None = None  # result: grace seconds (stop) or None (model process gone)
+        self.draining: asyncio.Event | None = None  # set when the model process starts draining
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopped = loop.create_future()
+        self.draining = asyncio.Event()
         hello = loop.create_future()
         self._pending[0] = hello
         _, self._conn = await loop.create_unix_connection(
@@ -153,6 +155,8 @@ class RemoteInferenceService:
         if state.get("generation") != self._state.get("generation"):
             self._cache.clear()
         self._state = state
+        if state.get("shutting_down") and self.draining is not None:
+            self.draining.set()
 
     def _schedule_flush(self) -> None:
         if self._flush is None and self._release:

@@ -5,9 +5,9 @@ One server for the module (the SIGTERM test starts its own): v2 infer with binar
 tensors and JSON through tritonclient, raw binary bodies, a large tensor, model
 metadata / config / readiness, statistics, generate and a decoupled generate_stream,
 bad input still 4xx and counted once in /metrics (a client that leaves too), repository
-unload / load, gRPC (served by the model process), concurrent requests land on both
-frontend processes, SIGTERM drains and every process exits, a killed model process takes
-its frontends with it.
+unload / load, gRPC (served by the frontend processes: unary, errors, a decoupled
+stream), concurrent requests land on both frontend processes, SIGTERM drains (HTTP and
+gRPC) and every process exits, a killed model process takes its frontends with it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.integration import server_fixtures as fx
 
-ARGS = ("--frontend-processes", "2")  # gRPC stays in the model process
+ARGS = ("--frontend-processes", "2")
 
 
 @pytest.fixture(scope="module")
@@ -148,16 +148,75 @@ def fx_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_grpc_is_served_by_the_model_process(server):
+def _listeners(port: int) -> set[int]:
+    """Pids holding a listening TCP socket on ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:
+            continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            pids.add(int(entry.name))
+    return pids
+
+
+def test_grpc_is_served_by_every_frontend_process(server):
     import tritonclient.grpc as grpcclient
+
+    handle, proc = server
+    grpc_port = int(handle.grpc_url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 20  # the server is up once one frontend answers; the other may still start
+    while len(serving := _listeners(grpc_port)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(serving) == 2 and serving <= set(_children(proc.pid))  # the model process only reserves the port
+    assert _listeners(int(handle.http_url.rsplit(":", 1)[1])) == serving
 
     a, b = np.ones((2, 16), np.float32), np.full((2, 16), 2, np.float32)
     inputs = [grpcclient.InferInput("INPUT0", [2, 16], "FP32"), grpcclient.InferInput("INPUT1", [2, 16], "FP32")]
     inputs[0].set_data_from_numpy(a)
     inputs[1].set_data_from_numpy(b)
-    with grpcclient.InferenceServerClient(server[0].grpc_url) as c:
-        assert c.is_server_ready()
+    with grpcclient.InferenceServerClient(handle.grpc_url) as c:
+        assert c.is_server_ready() and c.is_model_ready("simple")
+        assert c.get_model_metadata("simple", as_json=True)["name"] == "simple"
         np.testing.assert_array_equal(c.infer("simple", inputs).as_numpy("OUTPUT0"), a + b)
+        bad = grpcclient.InferInput("INPUT0", [2, 16], "FP32")
+        bad.set_data_from_numpy(a)
+        with pytest.raises(InferenceServerException, match="INPUT1") as error:
+            c.infer("simple", [bad])
+        assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(InferenceServerException) as error:
+            c.infer("no_such_model", inputs)
+        assert error.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_grpc_decoupled_stream_through_a_frontend(server):
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    answers: queue.Queue = queue.Queue()
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    inp = grpcclient.InferInput("INPUT", [3], "FP32")
+    inp.set_data_from_numpy(x)
+    with grpcclient.InferenceServerClient(server[0].grpc_url) as c:
+        c.start_stream(callback=lambda result, error: answers.put((result, error)), stream_timeout=30)
+        for i in range(3):
+            c.async_stream_infer("decoupled", [inp], request_id=str(i))
+        got = [answers.get(timeout=30) for _ in range(3)]
+        c.stop_stream()
+    assert all(error is None for _, error in got), got
+    assert sorted(r.get_response().id for r, _ in got) == ["0", "1", "2"]
+    for result, _ in got:
+        np.testing.assert_array_equal(result.as_numpy("INPUT_OUT"), x)
 
 
 def test_raw_binary_body(raw):
@@ -278,6 +337,7 @@ def test_sigterm_drains_and_every_process_exits(repo):
                            for n in ("INPUT0", "INPUT1")]})
             assert r.status_code == 503 and "retry-after" in r.headers
             assert r.headers.get("connection") == "close"
+            _grpc_is_draining(handle.grpc_url)
             # the queued request: 20 s queue delay > 30 s drain timeout? No: the drain waits for
             # it up to the timeout (default 30 s); end the drain with a second signal.
             proc.send_signal(signal.SIGTERM)
@@ -296,6 +356,27 @@ def test_sigterm_drains_and_every_process_exits(repo):
             assert not _alive(pid), f"frontend {pid} is still running"
         log = handle.log()
         assert "Traceback" not in log and "leaked" not in log, log
+
+
+def _grpc_is_draining(url: str) -> None:
+    """Health NOT_SERVING, ServerReady false, a new inference UNAVAILABLE, on every frontend
+    (one channel per connection attempt: the kernel picks the process)."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    for _ in range(4):
+        with grpc.insecure_channel(url) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with grpcclient.InferenceServerClient(url) as c:
+            assert not c.is_server_ready()
+            inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+            for i in inputs:
+                i.set_data_from_numpy(np.zeros((1, 16), np.float32))
+            with pytest.raises(InferenceServerException) as error:
+                c.infer("simple", inputs)
+            assert error.value.status() == "StatusCode.UNAVAILABLE"
 
 
 def _alive(pid: int) -> bool:

@@ -84,20 +84,22 @@ class GrpcServer:
         await self.server.stop(grace_s)
 
 
-def server_options(settings) -> list[tuple[str, int]]:
-    """Channel arguments; an oversized message is refused with RESOURCE_EXHAUSTED by gRPC itself."""
+def server_options(settings, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Channel arguments; an oversized message is refused with RESOURCE_EXHAUSTED by gRPC itself.
+    ``reuse_port``: several processes share the port (``--frontend-processes``); otherwise a
+    port already taken is an error, as for HTTP."""
     limit = settings.grpc_max_message_bytes or settings.max_request_bytes
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
-async def start_grpc(service: InferenceService, settings) -> GrpcServer:
-    """Bind ``settings.host:settings.grpc_port`` and start serving."""
+async def start_grpc(service: InferenceService, settings, port: int | None = None, reuse_port: bool = False) -> GrpcServer:
+    """Bind ``settings.host`` and ``port`` (default ``settings.grpc_port``) and start serving."""
     interceptor = ServerInterceptor(Authenticator.from_settings(settings))  # keys, request ids, access lines
-    server = grpc.aio.server(options=server_options(settings), interceptors=(interceptor,))
+    server = grpc.aio.server(options=server_options(settings, reuse_port), interceptors=(interceptor,))
     add_guarded(service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
     health_servicer = ReadinessHealth(service)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -105,8 +107,8 @@ async def start_grpc(service: InferenceService, settings) -> GrpcServer:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     host = settings.host
-    address = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
-    port = server.add_insecure_port(address)
+    port = settings.grpc_port if port is None else port
+    port = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     await server.start()
     log.info("gRPC inference service on %s:%d", host, port)
     return GrpcServer(server, health_servicer, port)
