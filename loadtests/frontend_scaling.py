@@ -1,14 +1,23 @@
 """How throughput scales with ``--frontend-processes`` (issue #9), and what a 16-core host
 would give, projected from the measured CPU per request.
 
-For ``mlp_tiny`` (1x64, 32 clients) and ``resnet_bench`` (1x3x64x64, 64 clients) over HTTP
-v2 binary (``loadtests.loadgen``, one keep-alive connection per client), the server runs
-as today (``--frontend-processes 0``: HTTP in the model process) and with 1 and 2 frontend
-processes; the configurations alternate round by round. Around each measured window the
-CPU time of every server thread is read from ``/proc``: the frontend processes, the model
-process's event loop (its main thread: IPC, the service, the batcher's loop; gRPC is off)
-and the model process's other threads (runtime execution: ONNX Runtime, the batcher's
-worker threads). Divided by the requests answered in the window: CPU per request, by part.
+For ``mlp_tiny`` (1x64, 32 clients) and ``resnet_bench`` (1x3x64x64, 64 clients), over
+HTTP v2 binary (``loadtests.loadgen``, one keep-alive connection per client) and over gRPC
+(``grpc_load``: ``ModelInfer`` with the tensor in ``raw_input_contents``, one grpc.aio
+channel, so one TCP connection, per client), the server runs as today
+(``--frontend-processes 0``: HTTP and gRPC in the model process) and with 1 and 2 frontend
+processes (they serve both protocols, sharing both ports); one server per N serves both, each
+protocol is measured while the other is idle, and the configurations (and the protocol order)
+alternate round by round. Around each measured window the CPU time of every server thread is
+read from ``/proc``: the frontend processes, the model process's event loop (its main
+thread: IPC, the service, the batcher's loop; with N = 0 also HTTP and gRPC's Python side)
+and the model process's other threads (runtime execution: ONNX Runtime, the batcher's worker
+threads; with N = 0 also gRPC's C-core threads). Divided by the requests answered in the
+window: CPU per request, by part. The established connections on the measured port are
+counted per server process at the start of the window (how the kernel spread them); before
+measuring, the run checks that every frontend process listens on both ports (the server
+reports ready only then; a server from before that change was ready once one answered, and
+connections opened earlier all went to that one).
 
 The 16-core projection (``project``): the model process's loop is one thread, so it caps
 throughput at 1 / (its CPU per request); everything else spreads over the cores, so the
@@ -18,6 +27,7 @@ at this batch size holds there (more cores mostly grow batches, which makes the 
 share smaller, so the runtime term is conservative) and that the load generator runs on
 other machines.
 
+    .venv/bin/python -m server.cli models build-bench --out /tmp/benchrepo   # mlp_tiny, resnet_bench
     .venv/bin/python -m loadtests.frontend_scaling --repo /tmp/benchrepo \\
         --json loadtests/results/frontend-scaling-<date>.json --out docs/benchmarks-frontends.md
 """
@@ -31,18 +41,20 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import numpy as np
 
-from loadtests import loadgen, runinfo, scenarios
+from loadtests import loadgen, locust_payloads, runinfo, scenarios
 from loadtests.procs import ServerProcess, busy_cpu_s, free_port, own_cpu_s, tree_cpu_s
 
 MODULE = "loadtests.frontend_scaling"
 PAGE = "docs/benchmarks-frontends.md"
-WATCHED = ("server", "loadtests/frontend_scaling.py", "loadtests/loadgen.py")
+WATCHED = ("server", "loadtests/frontend_scaling.py", "loadtests/loadgen.py", "loadtests/locust_payloads.py")
 MODELS = {"mlp_tiny": ((1, 64), 32), "resnet_bench": ((1, 3, 64, 64), 64)}  # input shape, clients
 PROCESSES = (0, 1, 2)
+PROTOCOLS = ("http", "grpc")
 TARGET_CORES = 16
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
@@ -87,25 +99,115 @@ def cpu_parts(pid: int) -> dict[str, float]:
     return {"model_loop": loop, "model_threads": threads, "frontends": frontends}
 
 
+def connections(port: int, pids: list[int], state: str = "01") -> list[int]:
+    """TCP sockets on local ``port`` held by each of ``pids``, established ones (state ``01``) or
+    listening ones (``0A``): ``/proc/net/tcp*`` matched to the processes' descriptors by inode."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for fields in (line.split() for line in lines):
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            fds = []
+        n = 0
+        for fd in fds:
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+            except OSError:
+                continue
+        counts.append(n)
+    return counts
+
+
+def wait_for_frontends(server: ServerProcess, ports: dict[str, int], processes: int, timeout_s: float = 60.0) -> None:
+    """Until each of the N frontend processes listens on both ports (a ready server does; one
+    from before readiness waited for every frontend might not yet, and connections opened
+    before the others listen all go to the first)."""
+    deadline = time.monotonic() + timeout_s
+    while processes:
+        children = _children(server.pid)
+        if all(sum(n > 0 for n in connections(port, children, "0A")) >= processes for port in ports.values()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name}: not all {processes} frontend processes listen after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 # -- one measurement ------------------------------------------------------------------------
 
 
-def server_for(repo: Path, processes: int, log_dir: Path) -> ServerProcess:
-    port = free_port()
+def server_for(repo: Path, processes: int, log_dir: Path) -> tuple[ServerProcess, dict[str, int]]:
+    """The server with N frontend processes, serving HTTP and gRPC; (server, port by protocol)."""
+    ports = {"http": free_port(), "grpc": free_port()}
     cmd = [sys.executable, "-m", "server.cli", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-           "--http-port", str(port), "--no-grpc", "--log-level", "warning", "--frontend-processes", str(processes)]
-    return ServerProcess(f"deepserve-fp{processes}", cmd, f"http://127.0.0.1:{port}/v2/health/ready",
-                         log_path=log_dir / f"fp{processes}.log", cwd=runinfo.ROOT)
+           "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--log-level", "warning",
+           "--frontend-processes", str(processes)]
+    server = ServerProcess(f"deepserve-fp{processes}", cmd, f"http://127.0.0.1:{ports['http']}/v2/health/ready",
+                           log_path=log_dir / f"fp{processes}.log", cwd=runinfo.ROOT)
+    return server, ports
 
 
-async def measure(server: ServerProcess, model: str, x: np.ndarray, clients: int, duration_s: float,
-                  warmup_s: float) -> dict:
-    base = server.ready_url.rsplit("/v2/", 1)[0]
-    scenario = scenarios.v2_binary(base, model, "input", "logits", x, expected=None)
-    scenario = await scenarios.learn_expected(scenario)
-    load = asyncio.ensure_future(loadgen.run_load(scenario, loadgen.LoadConfig(clients, duration_s, warmup_s)))
+async def grpc_load(target: str, model: str, x: np.ndarray, expected: np.ndarray,
+                    config: loadgen.LoadConfig) -> loadgen.LoadResult:
+    """``loadgen.run_load`` over gRPC: ``config.concurrency`` closed-loop clients, each on its own
+    grpc.aio channel (``grpc.use_local_subchannel_pool``: channels do not share a connection),
+    sending one prebuilt ``ModelInferRequest``; the same window, and the same error rules (a
+    failed call or a malformed reply is an error, the first answer is compared with ``expected``)."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    request = locust_payloads.grpc_infer_request(x, model, "input", "logits")
+    now = time.perf_counter()
+    window = loadgen._Window(start=now + config.warmup_s, end=now + config.warmup_s + config.duration_s)
+
+    def decode(reply) -> np.ndarray:
+        (out,) = reply.outputs
+        if out.name != "logits" or out.datatype != "FP32" or len(reply.raw_output_contents) != 1:
+            raise ValueError(f"unexpected output {out.name} {out.datatype}, {len(reply.raw_output_contents)} raw")
+        output = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(tuple(out.shape))
+        if output.shape != expected.shape:
+            raise ValueError(f"output shape {output.shape}, expected {expected.shape}")
+        return output
+
+    async def client() -> None:
+        async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+            first = True
+            while (sent := time.perf_counter()) < window.end:
+                problem = None
+                try:
+                    output = decode(await infer(request, timeout=config.request_timeout_s, wait_for_ready=first))
+                except grpc.RpcError as exc:
+                    problem = f"gRPC {exc.code().name}: {exc.details()}"[:300]
+                except (ValueError, TypeError) as exc:
+                    problem = f"malformed reply: {exc}"
+                if first and problem is None:
+                    first = False
+                    if not np.allclose(output, expected, atol=1e-3, rtol=1e-3):
+                        problem = f"wrong answer: max |error| {float(np.max(np.abs(output - expected))):.3g}"
+                window.record(sent, time.perf_counter(), problem)
+
+    await asyncio.gather(*(client() for _ in range(config.concurrency)))
+    return loadgen.LoadResult(f"{model} grpc", config.concurrency, config.duration_s, sorted(window.latencies),
+                              window.errors, window.error_samples)
+
+
+async def measure(server: ServerProcess, processes: int, port: int, load: Awaitable[loadgen.LoadResult],
+                  duration_s: float, warmup_s: float) -> dict:
+    """Drive ``load`` (its warm-up and window: ``warmup_s``, ``duration_s``) and read the server's
+    CPU by part and its connections on ``port`` around the window."""
+    load = asyncio.ensure_future(load)
     await asyncio.sleep(warmup_s)
     t0, parts0, busy0, own0 = time.perf_counter(), cpu_parts(server.pid), busy_cpu_s(), own_cpu_s()
+    held = connections(port, [server.pid, *_children(server.pid)])
     await asyncio.sleep(duration_s)
     elapsed = time.perf_counter() - t0
     parts1, busy1, own1 = cpu_parts(server.pid), busy_cpu_s(), own_cpu_s()
@@ -120,6 +222,9 @@ async def measure(server: ServerProcess, model: str, x: np.ndarray, clients: int
         "client_cores": round((own1 - own0) / elapsed, 3),
         "others_cores": round(max(0.0, (busy1 - busy0) - server_cpu - (own1 - own0)) / elapsed, 3),
         "cpu_ms_per_request": {k: round(1e3 * v / answered, 4) if answered else None for k, v in cpu.items()},
+        # by process that serves the port: the model process (N = 0) or the N frontends (the
+        # largest N counts: the multiprocessing resource tracker is a child too, and holds none)
+        "connections": sorted(held, reverse=True)[: max(1, processes)],
     }
 
 
@@ -127,7 +232,7 @@ def run(args: argparse.Namespace) -> dict:
     results = runinfo.record(MODULE, WATCHED, args.json)
     results.update({"repo": str(args.repo), "duration_s": args.duration, "warmup_s": args.warmup,
                     "rounds": args.rounds, "models": {m: {"shape": list(s), "clients": c} for m, (s, c) in MODELS.items()},
-                    "runs": []})
+                    "protocols": list(PROTOCOLS), "runs": []})
     started = time.monotonic()
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -135,18 +240,30 @@ def run(args: argparse.Namespace) -> dict:
     try:
         for round_ in range(args.rounds):
             order = PROCESSES if round_ % 2 == 0 else tuple(reversed(PROCESSES))
+            protocols = PROTOCOLS if round_ % 2 == 0 else tuple(reversed(PROTOCOLS))
             for processes in order:
-                server = server_for(args.repo, processes, log_dir)
+                server, ports = server_for(args.repo, processes, log_dir)
                 server.start()
                 try:
+                    wait_for_frontends(server, ports, processes)
                     for model, (shape, clients) in MODELS.items():
                         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-                        row = loop.run_until_complete(measure(server, model, x, clients, args.duration, args.warmup))
-                        row.update({"model": model, "frontend_processes": processes, "round": round_})
-                        results["runs"].append(row)
-                        print(f"round {round_} fp={processes} {model}: {row['rps']:.0f} req/s, "
-                              f"cpu ms/req {row['cpu_ms_per_request']}, others {row['others_cores']:.2f} cores",
-                              file=sys.stderr, flush=True)
+                        scenario = scenarios.v2_binary(f"http://127.0.0.1:{ports['http']}", model, "input", "logits", x,
+                                                       expected=None)
+                        scenario = loop.run_until_complete(scenarios.learn_expected(scenario))
+                        config = loadgen.LoadConfig(clients, args.duration, args.warmup)
+                        for protocol in protocols:
+                            load = (loadgen.run_load(scenario, config) if protocol == "http" else
+                                    grpc_load(f"127.0.0.1:{ports['grpc']}", model, x, scenario.expected, config))
+                            row = loop.run_until_complete(
+                                measure(server, processes, ports[protocol], load, args.duration, args.warmup))
+                            row.update({"model": model, "protocol": protocol, "frontend_processes": processes,
+                                        "round": round_})
+                            results["runs"].append(row)
+                            print(f"round {round_} fp={processes} {model} {protocol}: {row['rps']:.0f} req/s, "
+                                  f"{row['errors']} errors, connections {row['connections']}, "
+                                  f"cpu ms/req {row['cpu_ms_per_request']}, others {row['others_cores']:.2f} cores",
+                                  file=sys.stderr, flush=True)
                 finally:
                     server.stop()
     finally:
@@ -161,24 +278,37 @@ def run(args: argparse.Namespace) -> dict:
 # -- summary and projection -----------------------------------------------------------------
 
 
+def protocol(row: dict) -> str:
+    return row.get("protocol", "http")  # results from before gRPC was measured: HTTP only
+
+
 def summary(results: dict) -> dict:
-    """Medians over rounds per (model, frontend processes)."""
-    out: dict[str, dict[int, dict]] = {}
+    """Medians over rounds: {(model, protocol): {frontend processes: figures}}."""
+    out: dict[tuple[str, str], dict[int, dict]] = {}
     for model in results["models"]:
-        out[model] = {}
-        for processes in PROCESSES:
-            rows = [r for r in results["runs"] if r["model"] == model and r["frontend_processes"] == processes]
-            if not rows:
-                continue
-            med = lambda f: statistics.median(f(r) for r in rows)  # noqa: E731
-            parts = {k: med(lambda r, k=k: r["cpu_ms_per_request"][k] or 0.0) for k in rows[0]["cpu_ms_per_request"]}
-            out[model][processes] = {
-                "rps": med(lambda r: r["rps"]), "p50_ms": med(lambda r: r["p50_ms"]), "p99_ms": med(lambda r: r["p99_ms"]),
-                "errors": sum(r["errors"] for r in rows), "server_cores": med(lambda r: r["server_cores"]),
-                "client_cores": med(lambda r: r["client_cores"]), "others_cores": med(lambda r: r["others_cores"]),
-                "cpu_ms": parts, "total_ms": sum(parts.values()), "rounds": len(rows),
-            }
+        for proto in PROTOCOLS:
+            by_n = {}
+            for processes in PROCESSES:
+                rows = [r for r in results["runs"]
+                        if r["model"] == model and protocol(r) == proto and r["frontend_processes"] == processes]
+                if rows:
+                    by_n[processes] = _medians(rows)
+            if by_n:
+                out[(model, proto)] = by_n
     return out
+
+
+def _medians(rows: list[dict]) -> dict:
+    """Medians over rounds of one (model, protocol, N); ``connections``: the most uneven round's spread."""
+    med = lambda f: statistics.median(f(r) for r in rows)  # noqa: E731
+    parts = {k: med(lambda r, k=k: r["cpu_ms_per_request"][k] or 0.0) for k in rows[0]["cpu_ms_per_request"]}
+    spread = max((r["connections"] for r in rows if r.get("connections")), key=max, default=None)
+    return {
+        "rps": med(lambda r: r["rps"]), "p50_ms": med(lambda r: r["p50_ms"]), "p99_ms": med(lambda r: r["p99_ms"]),
+        "errors": sum(r["errors"] for r in rows), "server_cores": med(lambda r: r["server_cores"]),
+        "client_cores": med(lambda r: r["client_cores"]), "others_cores": med(lambda r: r["others_cores"]),
+        "cpu_ms": parts, "total_ms": sum(parts.values()), "rounds": len(rows), "connections": spread,
+    }
 
 
 def _busy(row: dict) -> float:
@@ -198,52 +328,72 @@ def project(cpu_ms: dict, cores: int = TARGET_CORES) -> dict:
             "frontend_cores": frontends_needed, "loop_busy": rps * loop_ms / 1e3}
 
 
+def _label(proto: str) -> str:
+    return {"http": "HTTP", "grpc": "gRPC"}.get(proto, proto)
+
+
+def _spread(r: dict) -> str:
+    return "+".join(str(n) for n in r["connections"]) if r.get("connections") else "n/a"
+
+
 def render(results: dict) -> str:
     s = summary(results)
+    grpc = any(proto == "grpc" for _, proto in s)
     lines = runinfo.page_header(
         results, "Frontend processes: scaling and a 16-core projection (issue #9)", "frontend_scaling", PAGE,
-        "; the load generator (one Python process, uvloop + aiohttp) takes a core of its own under load",
+        "; the load generator (one Python process, uvloop + aiohttp" + (", grpc.aio" if grpc else "")
+        + ") takes a core of its own under load",
         "server starts and warm-ups",
     )
     lines += [
         "",
-        "`--frontend-processes N` runs the HTTP frontend in N processes that share the port "
+        f"`--frontend-processes N` runs the {'HTTP and gRPC frontends' if grpc else 'HTTP frontend'} in N processes "
+        f"that share the {'ports' if grpc else 'port'} "
         "(SO_REUSEPORT) and hand requests to the model process over a Unix socket, tensors in "
         "shared memory (`server/ingress/`, docs/design.md \"Process model\"). N = 0 is today's "
         "single-process server. Each figure is the median of "
         f"{results['rounds']} rounds of {results['duration_s']:g} s (after {results['warmup_s']:g} s of warm-up), "
-        "HTTP v2 with binary tensors, gRPC off.",
+        + ("HTTP v2 with binary tensors (one keep-alive connection per client) and gRPC (`ModelInfer`, tensors in "
+           "`raw_input_contents`, one channel and so one TCP connection per client), with the same clients; one "
+           "server per N serves both protocols, and each is measured while the other is on but idle."
+           if grpc else "HTTP v2 with binary tensors, gRPC off."),
         "",
         "## Measured on this machine",
         "",
         "CPU per request is server CPU in the measured window over the requests answered in it: the frontend "
-        "processes, the model process's event loop (main thread), and its other threads (runtime execution).",
+        "processes, the model process's event loop (main thread), and its other threads (runtime execution"
+        + ("; with N = 0 also gRPC's C-core threads" if grpc else "") + ")."
+        + (" Connections: the established connections on the measured port held by each process serving it "
+           "(the model process for N = 0, else each frontend), in the most uneven round: how the kernel "
+           "spread them." if grpc else ""),
         "",
-        "| model | clients | N | req/s | vs N=0 | p50 ms | p99 ms | errors | frontends ms/req | model loop ms/req "
-        "| runtime threads ms/req | server ms/req | server cores | client cores | other load cores |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | protocol | clients | N | req/s | vs N=0 | p50 ms | p99 ms | errors | frontends ms/req "
+        "| model loop ms/req | runtime threads ms/req | server ms/req | server cores | client cores "
+        "| other load cores | connections |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for model, by_n in s.items():
+    for (model, proto), by_n in s.items():
         base = by_n.get(0, {}).get("rps")
         for n, r in by_n.items():
             c = r["cpu_ms"]
             lines.append(
-                f"| {model} | {results['models'][model]['clients']} | {n} | {r['rps']:,.0f} | "
+                f"| {model} | {_label(proto)} | {results['models'][model]['clients']} | {n} | {r['rps']:,.0f} | "
                 f"{runinfo.times(runinfo.div(r['rps'], base))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
                 f"{c['frontends']:.3f} | {c['model_loop']:.3f} | {c['model_threads']:.3f} | {r['total_ms']:.3f} | "
-                f"{r['server_cores']:.2f} | {r['client_cores']:.2f} | {r['others_cores']:.2f} |"
+                f"{r['server_cores']:.2f} | {r['client_cores']:.2f} | {r['others_cores']:.2f} | {_spread(r)} |"
             )
     cores = results["machine"].get("cores") or 0
     lines += ["", f"From 1 to 2 frontend processes on these {cores} cores:", ""]
-    for model, by_n in s.items():
+    for (model, proto), by_n in s.items():
         one, two = by_n.get(1), by_n.get(2)
         if one is None or two is None:
             continue
         lines.append(
-            f"* **{model}**: {one['rps']:,.0f} -> {two['rps']:,.0f} req/s "
+            f"* **{model}, {_label(proto)}**: {one['rps']:,.0f} -> {two['rps']:,.0f} req/s "
             f"({runinfo.times(runinfo.div(two['rps'], one['rps']))}); server cores {one['server_cores']:.2f} -> "
             f"{two['server_cores']:.2f}, load generator {one['client_cores']:.2f} -> {two['client_cores']:.2f} cores; "
-            f"with other load, {_busy(one):.2f} -> {_busy(two):.2f} of {cores} cores busy."
+            f"with other load, {_busy(one):.2f} -> {_busy(two):.2f} of {cores} cores busy"
+            + (f"; connections by frontend {_spread(two)}." if two.get("connections") else ".")
         )
     busiest = max((_busy(r) for by_n in s.values() for r in by_n.values()), default=0.0)
     if cores and busiest >= 0.85 * cores:
@@ -265,11 +415,11 @@ def render(results: dict) -> str:
         "a loop that busy queues, so read the projected figures as ceilings (about 80-90% of them is what a loop "
         "sustains with acceptable latency).",
         "",
-        "| model | process model | model loop ms/req | server ms/req | loop cap req/s | core cap req/s | "
+        "| model | protocol | process model | model loop ms/req | server ms/req | loop cap req/s | core cap req/s | "
         "projected req/s | bound | frontend processes busy (cores) |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for model, by_n in s.items():
+    for (model, proto), by_n in s.items():
         single = by_n.get(0)
         multi = by_n.get(2) or by_n.get(1)
         for label, r in (("single process (N=0)", single), (f"N frontends ({'2' if 2 in by_n else '1'} measured)", multi)):
@@ -278,18 +428,19 @@ def render(results: dict) -> str:
             p = project(r["cpu_ms"])
             busy = "-" if label.startswith("single") else f"{p['frontend_cores']:.1f}"
             lines.append(
-                f"| {model} | {label} | {r['cpu_ms']['model_loop']:.3f} | {r['total_ms']:.3f} | {p['loop_cap_rps']:,.0f} | "
-                f"{p['core_cap_rps']:,.0f} | {p['rps']:,.0f} | {p['bound']} | {busy} |"
+                f"| {model} | {_label(proto)} | {label} | {r['cpu_ms']['model_loop']:.3f} | {r['total_ms']:.3f} | "
+                f"{p['loop_cap_rps']:,.0f} | {p['core_cap_rps']:,.0f} | {p['rps']:,.0f} | {p['bound']} | {busy} |"
             )
     lines += ["", "Reading it:", ""]
-    for model, by_n in s.items():
+    for (model, proto), by_n in s.items():
         single, multi = by_n.get(0), by_n.get(2) or by_n.get(1)
         if single is None or multi is None:
             continue
         ps, pm = project(single["cpu_ms"]), project(multi["cpu_ms"])
         lines.append(
-            f"* **{model}**: today's single process is bound by its one event loop at about {ps['rps']:,.0f} req/s "
-            f"on any host (its loop does HTTP and the model work: {single['cpu_ms']['model_loop']:.3f} ms a request). "
+            f"* **{model}, {_label(proto)}**: today's single process is bound by its one event loop at about "
+            f"{ps['rps']:,.0f} req/s on any host (its loop does {_label(proto)} and the model work: "
+            f"{single['cpu_ms']['model_loop']:.3f} ms a request). "
             f"With the frontends split out, the model loop costs {multi['cpu_ms']['model_loop']:.3f} ms a request "
             f"(IPC, service, batcher), so {TARGET_CORES} cores would give about {pm['rps']:,.0f} req/s "
             f"({runinfo.times(runinfo.div(pm['rps'], ps['rps']))} the single process; bound by the {pm['bound']}), "
@@ -300,8 +451,10 @@ def render(results: dict) -> str:
         "",
         "What is not measured here: a real 16-core host (kernel connection spreading with SO_REUSEPORT, "
         "memory bandwidth, the model loop's behaviour at its cap), a GPU runtime (the runtime threads' CPU "
-        "would mostly go, which makes the model loop the bound sooner), gRPC (it stays in the model process "
-        "and adds to its loop).",
+        "would mostly go, which makes the model loop the bound sooner), "
+        + ("HTTP and gRPC load at once (each protocol is measured while the other is idle; with N >= 1 the "
+           "frontend processes serve both, so they share the frontends' cores and the one model loop)."
+           if grpc else "gRPC (it stays in the model process and adds to its loop)."),
         "",
     ]
     return "\n".join(lines)

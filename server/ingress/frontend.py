@@ -4,7 +4,9 @@ same routes and fast path as the single-process server) and the gRPC server
 SO_REUSEPORT listening socket of the shared port (the kernel spreads connections across
 the N processes).
 
-It ignores SIGINT / SIGTERM: the model process decides. When the model process starts
+Once both listeners are open it tells the model process, which reports the server ready
+when every frontend has (so no connection made after readiness lands on a partial set of
+processes). It ignores SIGINT / SIGTERM: the model process decides. When the model process starts
 draining, gRPC health turns NOT_SERVING at once. It stops when the model process says so
 (``stop``: the listeners close, requests still being handled get the grace it gives),
 and exits at once when the model process goes away.
@@ -90,6 +92,7 @@ async def _serve(
 
         grpc_server = await start_grpc(service, settings, port=grpc_port, reuse_port=True)
         watcher = asyncio.create_task(_drain_grpc_when_told(service, grpc_server))
+    service.announce_listening()
     await asyncio.wait([serving, service.stopped], return_when=asyncio.FIRST_COMPLETED)
     if watcher is not None:
         watcher.cancel()

@@ -16,6 +16,8 @@ Messages a frontend sends (``ipc`` framing) and what this side answers:
   the other ``InferenceService`` methods, and ``metrics`` (the registry's exposition)
 - ``("count", model, version, reason)``: a failure the frontend's ``accounting`` counted
 - ``("free", frees)``: response-arena regions the frontend has copied out
+- ``("listening", index)``: the frontend's listeners are open; the server is ready once
+  every frontend has said so (and its models are)
 
 and, unasked, ``("state", state)`` whenever readiness / draining / the repository changes
 and ``("stop", grace_s)`` at shutdown.
@@ -122,6 +124,9 @@ class _Peer:
             self.service.repository.count_refused(model, version, reason)
         elif kind == "free":
             self._free(message[1])
+        elif kind == "listening":
+            self.side.listening.add(message[1])
+            self.side.broadcast_state()
         elif kind == "hello":
             self.index = message[1]
             self.requests, self.responses = self.side.arenas[self.index]
@@ -209,6 +214,8 @@ class ModelSide:
         self.segments = [(ipc.create_segment(), ipc.create_segment()) for _ in range(frontends)]
         self.arenas = [(ipc.Arena(a), ipc.Arena(b)) for a, b in self.segments]
         self.peers: set[_Peer] = set()
+        self.frontends = frontends
+        self.listening: set[int] = set()  # frontends whose listeners are open
         self._server: asyncio.AbstractServer | None = None
         self._watcher: asyncio.Task | None = None
         self._last_state: dict | None = None
@@ -224,7 +231,8 @@ class ModelSide:
             generation = hash(repr(repository.index()))
         except Exception:  # noqa: BLE001 - a repository mid-change: try again next poll
             generation = 0
-        return {"live": self.service.live(), "ready": self.service.ready(),
+        ready = self.service.ready() and len(self.listening) == self.frontends
+        return {"live": self.service.live(), "ready": ready,
                 "shutting_down": self.service.shutting_down, "generation": generation}
 
     def broadcast_state(self) -> None:

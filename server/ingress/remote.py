@@ -237,6 +237,10 @@ class RemoteInferenceService:
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         return self._call_blocking("repository_index", ready_only)
 
+    def announce_listening(self) -> None:
+        """This frontend's listeners are open (the model process reports ready once all are)."""
+        self._conn.send(("listening", self.index))
+
     async def load_model(self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None) -> None:
         await self._call("load_model", name, config_json, files)
 
