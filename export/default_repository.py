@@ -145,7 +145,8 @@ def build_speech_entries(dest: Path, *, force: bool = False) -> None:
                     dynamic_batching=DynamicBatching(family.preferred_batch_size, 2000, priority_levels=2))
     export_family_entry(dest, family, "speech_ctc", entry=entry, force=force)
     vocabulary = speech_text.lexicon(speech_text.load_vocab())  # the words, the digits' names, the letters
-    decoder = {"beam_width": str(speech_ctc.BEAM_WIDTH)}  # what models/results/speech_ctc.json's "beam" figures measure
+    # what models/results/speech_ctc.json's "beam" figures measure
+    decoder = {"beam_width": str(speech_ctc.BEAM_WIDTH), "oov_penalty": str(speech_ctc.OOV_PENALTY)}
     write_transcription(dest, "speech", "speech_ctc", speech_ctc.ALPHABET, vocabulary, parameters=decoder)
     write_transcription(dest, "speech_stream", "speech_ctc", speech_ctc.ALPHABET, vocabulary, decoupled=True,
                         parameters=decoder)

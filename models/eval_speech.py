@@ -54,7 +54,7 @@ def transcribe(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size:
             if vocabulary is not None:
                 frames = log_probs[j, : speech_ctc.output_frames(len(feats[i]))].numpy()
                 beam[i] = beam_decode(frames, speech_ctc.ALPHABET, 0.03, beam_width=speech_ctc.BEAM_WIDTH,
-                                      vocabulary=vocabulary).text
+                                      vocabulary=vocabulary, oov_penalty=speech_ctc.OOV_PENALTY).text
     return greedy, beam
 
 
@@ -109,8 +109,8 @@ def main(
         "weights": str(weights),
         "wall_s": round(time.monotonic() - start, 1),
         "decoding": "greedy CTC (argmax, collapse, drop blanks); corrected = each word snapped to the nearest "
-        f"lexicon word by Levenshtein distance; beam = the server's prefix beam search (width {speech_ctc.BEAM_WIDTH}) over "
-        "the lexicon (server.pipelines.ctc.beam_decode), the served default",
+        f"lexicon word by Levenshtein distance; beam = the server's prefix beam search (width {speech_ctc.BEAM_WIDTH}, "
+        f"OOV penalty {speech_ctc.OOV_PENALTY:g}) over the lexicon (server.pipelines.ctc.beam_decode), the served default",
         "augmentation": f"test audio augmented like training, numpy seed [{EVAL_SEED}, index]; clean = none",
         **evaluation,
     }

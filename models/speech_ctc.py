@@ -29,7 +29,11 @@ from models import checkpoint
 WEIGHTS = Path(__file__).parent / "weights" / "speech_ctc.safetensors"
 BLANK = "_"
 ALPHABET = BLANK + " '" + "abcdefghijklmnopqrstuvwxyz"  # index 0 is the CTC blank
-BEAM_WIDTH = 16  # the served decoder's beam over the word list (the repository's default; evaluated by eval_speech)
+# The served decoder (the repository's defaults; evaluated by eval_speech): beam search over the
+# word list, with the width and out-of-vocabulary cost chosen on validation audio
+# (models/tune_speech_decoder.py, results in models/results/speech_ctc.json "decoder_tuning").
+BEAM_WIDTH = 16
+OOV_PENALTY = -6.0
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 
 

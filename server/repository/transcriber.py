@@ -14,6 +14,8 @@ transcription model is READY only while it is). Parameters (strings):
 ``sample_rate``        the network's audio rate (default 16000)
 ``vocabulary``         a file in the model folder, one word per line: beam search keeps to it
 ``beam_width``         the default decoder: 0 greedy (default), > 0 beam search
+``oov_penalty``        beam search: the log-domain cost of a word outside the vocabulary
+                       (default -6; <= 0)
 ``max_chunk_seconds``  the longest chunk (default 15), ``silence_duration_ms``, ``threshold``,
                        ``prefix_padding_ms``: the silence splitter's defaults
 ``pad_seconds``        chunk features are padded to a multiple of this (default 2.5)
@@ -79,6 +81,9 @@ def transcriber_config(p: dict[str, str], model_dir: Path) -> TranscriberConfig:
             raise InvalidInput(f"vocabulary file {shown_path(path, model_dir)} does not exist")
         vocabulary = frozenset(w.strip() for w in path.read_text().splitlines() if w.strip())
     defaults = TranscriberConfig(network=p["network"])
+    oov_penalty = float(p.get("oov_penalty", defaults.oov_penalty))
+    if not oov_penalty <= 0:
+        raise InvalidInput(f"the 'oov_penalty' parameter must be <= 0 (a log-domain cost), got {oov_penalty}")
     chunking = audio.chunk_policy_from({k: v for k, v in p.items() if k in CHUNK_KEYS}, defaults.chunking)
     limits = replace(defaults.limits, max_seconds=float(p.get("max_audio_seconds", defaults.limits.max_seconds)))
     return TranscriberConfig(
@@ -92,6 +97,7 @@ def transcriber_config(p: dict[str, str], model_dir: Path) -> TranscriberConfig:
         pad_seconds=float(p.get("pad_seconds", defaults.pad_seconds)),
         default_beam_width=int(p.get("beam_width", defaults.default_beam_width)),
         vocabulary=vocabulary,
+        oov_penalty=oov_penalty,
         max_inflight_chunks=max(1, int(p.get("max_inflight_chunks", defaults.max_inflight_chunks))),
         max_requests=max(1, int(p.get("max_requests", defaults.max_requests))),
         limits=limits,

@@ -68,6 +68,7 @@ class TranscriberConfig:
     default_beam_width: int = 0
     max_beam_width: int = 64
     vocabulary: frozenset[str] | None = None
+    oov_penalty: float = -6.0  # beam search: log-domain cost of a word outside the vocabulary
     max_inflight_chunks: int = 2  # per request
     max_requests: int = 64  # requests being transcribed at once; more are refused (503)
     limits: audio.AudioLimits = field(default_factory=audio.AudioLimits)
@@ -264,7 +265,7 @@ class Transcriber:
         offset = chunk.start / cfg.sample_rate
         if beam > 0:
             return await self._timed("ctc", ctc.beam_decode, logits[0, :keep], cfg.alphabet, frame_seconds, offset,
-                                     beam, cfg.vocabulary)
+                                     beam, cfg.vocabulary, cfg.oov_penalty)
         return await self._timed("ctc", ctc.greedy_decode, logits[0, :keep], cfg.alphabet, frame_seconds, offset)
 
 

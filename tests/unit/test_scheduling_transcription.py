@@ -194,3 +194,16 @@ async def test_beyond_max_requests_is_refused_at_once() -> None:
         await scheduler.infer(job(wav([(0.2, 1.0)], total=1.2)))
     network.gate.set()
     assert transcript(await first)["text"] == "hi"
+
+
+def test_config_reads_the_decoder_parameters(tmp_path) -> None:
+    from server.repository.transcriber import transcriber_config
+
+    (tmp_path / "words.txt").write_text("hi\nthere\n")
+    base = {"network": "net", "alphabet": ALPHABET, "vocabulary": "words.txt", "beam_width": "32"}
+    config = transcriber_config({**base, "oov_penalty": "-9"}, tmp_path)
+    assert (config.default_beam_width, config.oov_penalty, config.vocabulary) == (32, -9.0, frozenset({"hi", "there"}))
+    assert transcriber_config(base, tmp_path).oov_penalty == TranscriberConfig("net").oov_penalty
+    for bad in ("3", "cheap"):
+        with pytest.raises((InvalidInput, ValueError), match="oov_penalty|could not convert"):
+            transcriber_config({**base, "oov_penalty": bad}, tmp_path)
