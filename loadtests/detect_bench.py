@@ -51,6 +51,7 @@ from loadtests.runinfo import (
     pool,
     quantiles,
     record,
+    session_options,
     stats_delta,
     wait_for_quiet,
 )
@@ -123,17 +124,6 @@ def load_like_server(model_dir: Path):
     runtime = runtimes.create(kind)
     runtime.load(model_file(kind, config, model_dir / "1"), options)
     return runtime, options
-
-
-def session_options(runtime) -> dict:
-    try:
-        so = runtime._session.get_session_options()
-    except AttributeError:
-        return {}
-    return {"intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
-            "execution_mode": str(so.execution_mode).rsplit(".", 1)[-1],
-            "graph_optimization_level": str(so.graph_optimization_level).rsplit(".", 1)[-1],
-            "allow_spinning": so.get_session_config_entry("session.intra_op.allow_spinning")}
 
 
 def inprocess_point(runtime, input_name: str, pixels: np.ndarray, batch: int, duration_s: float, server_pid: int) -> dict:

@@ -216,7 +216,9 @@ def session_options(runtime) -> dict:
     except AttributeError:
         return {}
     return {"intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
-            "execution_mode": str(so.execution_mode).rsplit(".", 1)[-1]}
+            "execution_mode": str(so.execution_mode).rsplit(".", 1)[-1],
+            "graph_optimization_level": str(so.graph_optimization_level).rsplit(".", 1)[-1],
+            "allow_spinning": so.get_session_config_entry("session.intra_op.allow_spinning")}
 
 
 def fmt(value, digits: int = 1) -> str:
