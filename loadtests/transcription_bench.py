@@ -490,7 +490,8 @@ def main() -> None:
                         help="recordings for the in-process network reference (the decode split uses all); 0: skip both")
     parser.add_argument("--fairness-minutes", type=float, default=10.0,
                         help="the long recording of the fairness probe (0: skip the probe)")
-    parser.add_argument("--fairness-requests", type=int, default=5, help="short requests alone, then during the long one")
+    parser.add_argument("--fairness-requests", type=int, default=15,
+                        help="short requests alone, then during the long one (their p50s are compared)")
     add_output_arguments(parser, quiet_wait_s=60.0)
     args = parser.parse_args()
 
