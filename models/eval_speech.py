@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -37,24 +38,32 @@ def set_features(audio: AudioSet, augmented: bool, seed: int = EVAL_SEED) -> lis
 
 
 @torch.no_grad()
-def transcribe(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size: int = 32,
-               vocabulary: frozenset[str] | None = None) -> tuple[list[str], list[str]]:
-    """Greedy transcripts, and (with ``vocabulary``) the server's beam search over it
-    (``server.pipelines.ctc.beam_decode``); batches of similar length, padded with ``FEATURE_FLOOR``."""
-    from server.pipelines.ctc import beam_decode
-
+def network_outputs(model: speech_ctc.SpeechCTC, feats: list[np.ndarray],
+                    batch_size: int = 32) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(i, log-probs of feats[i])`` for every utterance, padded rows ``(T', n_chars)``
+    (the unpadded part: ``[: speech_ctc.output_frames(len(feats[i]))]``); batches of similar
+    length, padded with ``FEATURE_FLOOR``."""
     model.eval()
     order = np.argsort([len(f) for f in feats])
-    greedy, beam = [""] * len(feats), [""] * len(feats)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         log_probs = model(torch.from_numpy(pad_features([feats[i] for i in idx])))  # (B, T', n_chars)
-        for j, i in enumerate(idx):
-            greedy[i] = speech_ctc.greedy_decode(log_probs[j])
-            if vocabulary is not None:
-                frames = log_probs[j, : speech_ctc.output_frames(len(feats[i]))].numpy()
-                beam[i] = beam_decode(frames, speech_ctc.ALPHABET, 0.03, beam_width=speech_ctc.BEAM_WIDTH,
-                                      vocabulary=vocabulary, oov_penalty=speech_ctc.OOV_PENALTY).text
+        yield from zip(idx.tolist(), log_probs, strict=True)
+
+
+def transcribe(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size: int = 32,
+               vocabulary: frozenset[str] | None = None) -> tuple[list[str], list[str]]:
+    """Greedy transcripts, and (with ``vocabulary``) the server's beam search over it
+    (``server.pipelines.ctc.beam_decode``)."""
+    from server.pipelines.ctc import beam_decode
+
+    greedy, beam = [""] * len(feats), [""] * len(feats)
+    for i, row in network_outputs(model, feats, batch_size):
+        greedy[i] = speech_ctc.greedy_decode(row)
+        if vocabulary is not None:
+            frames = row[: speech_ctc.output_frames(len(feats[i]))].numpy()
+            beam[i] = beam_decode(frames, speech_ctc.ALPHABET, 0.03, beam_width=speech_ctc.BEAM_WIDTH,
+                                  vocabulary=vocabulary, oov_penalty=speech_ctc.OOV_PENALTY).text
     return greedy, beam
 
 

@@ -22,25 +22,12 @@ import numpy as np
 import torch
 
 from models import speech_ctc
-from models.eval_speech import RESULTS, scores, set_features
-from models.speech_data import load_splits, pad_features
+from models.eval_speech import RESULTS, network_outputs, scores, set_features
+from models.speech_data import load_splits
 from models.speech_text import lexicon, load_vocab
 
 WIDTHS = (16, 32, 64)
 PENALTIES = (-4.0, -6.0, -9.0, -12.0, -20.0)
-
-
-@torch.no_grad()
-def log_probs(model: speech_ctc.SpeechCTC, feats: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
-    model.eval()
-    out: list[np.ndarray] = [np.empty(0)] * len(feats)
-    order = np.argsort([len(f) for f in feats])
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        lp = model(torch.from_numpy(pad_features([feats[i] for i in idx])))
-        for j, i in enumerate(idx):
-            out[i] = lp[j, : speech_ctc.output_frames(len(feats[i]))].numpy()
-    return out
 
 
 def main(
@@ -52,7 +39,10 @@ def main(
 
     torch.set_num_threads(1)
     val = load_splits(n_train, 400, 500)["val"]
-    frames = log_probs(speech_ctc.load(weights), set_features(val, augmented=True))
+    feats = set_features(val, augmented=True)
+    frames: list[np.ndarray] = [np.empty(0)] * len(feats)
+    for i, row in network_outputs(speech_ctc.load(weights), feats):
+        frames[i] = row[: speech_ctc.output_frames(len(feats[i]))].numpy()
     words = frozenset(lexicon(load_vocab()))
     refs = [u.transcript for u in val.utterances]
     grid = []
