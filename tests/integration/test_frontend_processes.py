@@ -148,25 +148,12 @@ def fx_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _listeners(port: int) -> set[int]:
-    """Pids holding a listening TCP socket on ``port``."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
-                inodes.add(fields[9])
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
-        except OSError:
-            continue
-        if any(f"socket:[{inode}]" in links for inode in inodes):
-            pids.add(int(entry.name))
-    return pids
+def _listeners(port: int, pid: int) -> set[int]:
+    """Of ``pid`` and its children, the processes holding a listening TCP socket on ``port``."""
+    from loadtests.frontend_scaling import connections
+
+    pids = [pid, *_children(pid)]
+    return {p for p, n in zip(pids, connections(port, pids, "0A"), strict=True) if n}
 
 
 def test_grpc_is_served_by_every_frontend_process(server):
@@ -174,9 +161,9 @@ def test_grpc_is_served_by_every_frontend_process(server):
 
     handle, proc = server
     grpc_port = int(handle.grpc_url.rsplit(":", 1)[1])
-    serving = _listeners(grpc_port)  # ready means every frontend listens on both ports
+    serving = _listeners(grpc_port, proc.pid)  # ready means every frontend listens on both ports
     assert len(serving) == 2 and serving <= set(_children(proc.pid))  # the model process only reserves the port
-    assert _listeners(int(handle.http_url.rsplit(":", 1)[1])) == serving
+    assert _listeners(int(handle.http_url.rsplit(":", 1)[1]), proc.pid) == serving
 
     a, b = np.ones((2, 16), np.float32), np.full((2, 16), 2, np.float32)
     inputs = [grpcclient.InferInput("INPUT0", [2, 16], "FP32"), grpcclient.InferInput("INPUT1", [2, 16], "FP32")]
