@@ -244,7 +244,7 @@ def test_a_better_priority_preempts_a_full_batch(url):
         events = (line for line in response.iter_lines() if line.startswith("data: "))
         next(events)  # the low-priority sequence is running
         urgent = http.post(f"{url}/v1/completions", json={"model": "tiny_small", "prompt": "Hi", "max_tokens": 3,
-                                                           "priority": 0})
+                                                           "priority": 0, "ignore_eos": True, "temperature": 0})
         assert urgent.status_code == 200 and urgent.json()["choices"][0]["finish_reason"] == "length"
         rest = [json.loads(line[6:]) for line in events if line != "data: [DONE]"]
     assert rest[-1]["choices"][0]["finish_reason"] == "length"
