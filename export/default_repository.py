@@ -141,8 +141,11 @@ def build_speech_entries(dest: Path, *, force: bool = False) -> None:
     family = get_family("speech_ctc")
     # Two priority levels: the transcription model sends each recording's first chunk at level 1,
     # so a short request's only chunk goes ahead of a long recording's queued ones.
-    entry = replace(_entry_for(family, "speech_ctc", batching=True),
-                    dynamic_batching=DynamicBatching(family.preferred_batch_size, 2000, priority_levels=2))
+    # One ONNX Runtime thread: the LSTM's per-step products are too small for a second one, which
+    # only took a core from the chunks' features and CTC decoding (docs/design.md, "Transcription").
+    base = _entry_for(family, "speech_ctc", batching=True)
+    entry = replace(base, dynamic_batching=DynamicBatching(family.preferred_batch_size, 2000, priority_levels=2),
+                    parameters={**base.parameters, "intra_op_thread_count": "1"})
     export_family_entry(dest, family, "speech_ctc", entry=entry, force=force)
     vocabulary = speech_text.lexicon(speech_text.load_vocab())  # the words, the digits' names, the letters
     # what models/results/speech_ctc.json's "beam" figures measure

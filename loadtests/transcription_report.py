@@ -19,7 +19,8 @@ TARGET_RTF = 0.05  # the issue's bar: p50 request RTF at 1 stream at most this
 TARGET_SPEEDUP = 3.0  # ... and audio-s/s at 8 streams at least this x that of 1 stream
 TARGET_FAIRNESS = 2.0  # a 3 s request during a 10 min one: at most about this x its latency alone
 LEVELS = (1, 4, 8)
-STAGES = ("decode", "split", "features", "network", "ctc")
+# features and ctc run on the model's stage pool: *_queue is the wait for its thread
+STAGES = ("decode", "split", "features_queue", "features", "network", "ctc_queue", "ctc")
 STAGE_MEANING = {
     "decode": "file bytes -> mono float32 at 16 kHz (libsndfile decode, downmix, soxr HQ resample)",
     "split": "energy VAD, cuts at pauses into chunks of at most 15 s",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 import uvicorn
@@ -226,8 +227,25 @@ async def _drain(
         idle.cancel()
 
 
+# numpy's OpenBLAS starts a thread per core that spins for a while after every matrix
+# product (the log-mel projection of each audio chunk, for one): beside a transcription it
+# burned about a core that ONNX Runtime's threads needed. The server's parallelism is across
+# requests and runtime instances, so numpy works on the calling thread, unless the operator
+# set a count in the environment.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_blas_threads() -> None:
+    if any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def run(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
+    limit_blas_threads()
     import uvloop
 
     uvloop.run(serve(settings))

@@ -20,6 +20,8 @@ transcription model is READY only while it is). Parameters (strings):
                        ``prefix_padding_ms``: the silence splitter's defaults
 ``pad_seconds``        chunk features are padded to a multiple of this (default 2.5)
 ``max_inflight_chunks``  per request (default 2), ``max_requests`` at once (default 64)
+``stage_threads``      threads computing chunks' features and CTC decoding, first chunks of
+                       recordings first (default 1)
 ``max_audio_seconds``  the longest recording taken (default 3600)
 =====================  ==================================================================
 
@@ -99,6 +101,7 @@ def transcriber_config(p: dict[str, str], model_dir: Path) -> TranscriberConfig:
         vocabulary=vocabulary,
         oov_penalty=oov_penalty,
         max_inflight_chunks=max(1, int(p.get("max_inflight_chunks", defaults.max_inflight_chunks))),
+        stage_threads=max(1, int(p.get("stage_threads", defaults.stage_threads))),
         max_requests=max(1, int(p.get("max_requests", defaults.max_requests))),
         limits=limits,
     )

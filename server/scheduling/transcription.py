@@ -9,7 +9,12 @@ search over a word list) with absolute timings, and stitches the chunks back in 
 
 Fairness: a request keeps at most ``max_inflight_chunks`` chunks at the network at once, so
 a short request's one chunk joins the next batch instead of waiting behind every chunk of a
-long file. Memory stays bounded the same way: features exist only for chunks in flight.
+long file. Memory stays bounded the same way: features exist only for chunks in flight. A
+recording's first chunk goes first twice: at the network (its highest priority level) and
+on the ``stage_threads`` thread(s) that compute every chunk's features and CTC decoding
+(``stage_pool.PriorityPool``): a short request's stages wait for at most the stage running,
+never for a long file's queued ones, and do not share the GIL with them. The pool's wait is
+reported as the ``features_queue`` / ``ctc_queue`` steps.
 
 Chunks are padded with the silence value of the features to a multiple of ``pad_seconds``,
 so chunks of similar length have the same shape and batch together (the batcher only
@@ -35,6 +40,7 @@ from server.core.errors import InvalidInput, ModelError, QueueFull, Unavailable
 from server.pipelines import audio, ctc
 from server.pipelines.audio_features import FEATURE_FLOOR, log_mel
 from server.scheduling.base import Job, Outputs
+from server.scheduling.stage_pool import PriorityPool
 
 AUDIO_INPUT = "audio"
 # optional request tensors: (datatype, meaning)
@@ -70,6 +76,7 @@ class TranscriberConfig:
     vocabulary: frozenset[str] | None = None
     oov_penalty: float = -6.0  # beam search: log-domain cost of a word outside the vocabulary
     max_inflight_chunks: int = 2  # per request
+    stage_threads: int = 1  # threads for the chunks' features and CTC decoding, first chunks first
     max_requests: int = 64  # requests being transcribed at once; more are refused (503)
     limits: audio.AudioLimits = field(default_factory=audio.AudioLimits)
 
@@ -101,6 +108,7 @@ class Transcriber:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stages = PriorityPool(config.stage_threads, "transcription-stage")
 
     # -- the Scheduler protocol ------------------------------------------------------------
 
@@ -110,6 +118,7 @@ class Transcriber:
     async def aclose(self) -> None:
         self._closing = True
         await self._idle.wait()
+        self._stages.shutdown()
 
     async def infer(self, job: Job) -> Outputs:
         """The whole transcript: the stream's last response."""
@@ -191,11 +200,18 @@ class Transcriber:
             policy = audio.chunk_policy_from({k: str(v) for k, v in fields.items() if k != "type"}, policy)
         return bytes(raw), beam, policy
 
-    async def _timed(self, stage: str, func, *args):
-        """A CPU stage on a worker thread; its wall time is the stage's."""
+    async def _timed(self, stage: str, func, *args, priority: int | None = None):
+        """A CPU stage on a worker thread; its wall time is the stage's. With a ``priority``
+        it runs on the stage pool (0: a recording's first chunk, 1: its later chunks);
+        without, on the loop's executor (decoding and splitting, once per request)."""
         start = time.perf_counter()
-        result = await asyncio.to_thread(func, *args)
-        self._observer.step_done(stage, time.perf_counter() - start)
+        if priority is None:
+            result = await asyncio.to_thread(func, *args)
+            self._observer.step_done(stage, time.perf_counter() - start)
+        else:
+            result, compute = await self._stages.run(priority, _clocked, func, *args)
+            self._observer.step_done(f"{stage}_queue", max(0.0, time.perf_counter() - start - compute))
+            self._observer.step_done(stage, compute)
         return result
 
     async def _chunks(self, job: Job) -> AsyncIterator[tuple[ChunkResult, float]]:
@@ -239,7 +255,8 @@ class Transcriber:
     async def _chunk(self, network: Network, samples: np.ndarray, chunk: audio.Chunk, beam: int,
                      deadline: float | None, first: bool = False) -> ctc.Decoded:
         cfg = self.config
-        features = await self._timed("features", log_mel, samples[chunk.start : chunk.end])
+        rank = 0 if first else 1
+        features = await self._timed("features", log_mel, samples[chunk.start : chunk.end], priority=rank)
         valid = len(features)
         if valid == 0:
             return ctc.Decoded("", ())
@@ -265,8 +282,16 @@ class Transcriber:
         offset = chunk.start / cfg.sample_rate
         if beam > 0:
             return await self._timed("ctc", ctc.beam_decode, logits[0, :keep], cfg.alphabet, frame_seconds, offset,
-                                     beam, cfg.vocabulary, cfg.oov_penalty)
-        return await self._timed("ctc", ctc.greedy_decode, logits[0, :keep], cfg.alphabet, frame_seconds, offset)
+                                     beam, cfg.vocabulary, cfg.oov_penalty, priority=rank)
+        return await self._timed("ctc", ctc.greedy_decode, logits[0, :keep], cfg.alphabet, frame_seconds, offset,
+                                 priority=rank)
+
+
+def _clocked(func, *args):
+    """``func(*args)`` and the seconds it took (on the thread that ran it)."""
+    start = time.perf_counter()
+    result = func(*args)
+    return result, time.perf_counter() - start
 
 
 def overlap_cuts(chunks: list[audio.Chunk], rate: int) -> list[tuple[float, float]]:

@@ -12,8 +12,11 @@ import copy
 from loadtests import transcription_report as tr
 
 
-def _stages(decode: float, split: float, features: float, network: float, ctc: float, chunks: int) -> dict:
-    sums = dict(zip(tr.STAGES, (decode, split, features, network, ctc), strict=True))
+def _stages(decode: float, split: float, features: float, network: float, ctc: float, chunks: int,
+            features_queue: float = 0.0, ctc_queue: float = 0.0) -> dict:
+    sums = {"decode": decode, "split": split, "features_queue": features_queue, "features": features,
+            "network": network, "ctc_queue": ctc_queue, "ctc": ctc}
+    assert set(sums) == set(tr.STAGES)
     return {s: {"sum_s": v, "count": 1 if s in ("decode", "split") else chunks} for s, v in sums.items()}
 
 
@@ -89,7 +92,8 @@ def test_render_says_missed_with_the_numbers():
 def test_stage_shares_and_network_split_come_from_the_sums():
     t = tr.stage_table(RESULTS, 8)
     shares = {s: round(t["stages"][s]["share"], 6) for s in tr.STAGES}
-    assert shares == {"decode": 0.1, "split": 0.01, "features": 0.2, "network": 0.6, "ctc": 0.09}
+    assert shares == {"decode": 0.1, "split": 0.01, "features_queue": 0.0, "features": 0.2, "network": 0.6,
+                      "ctc_queue": 0.0, "ctc": 0.09}
     assert abs(t["queue_share"] - 6.0 / 10.8) < 1e-12
     assert abs(t["mean_queue_ms"] - 30.0) < 1e-9 and abs(t["mean_compute_ms"] - 120.0) < 1e-9
     assert tr.level_summary(RESULTS, 8)["mean_batch"] == 5.0
