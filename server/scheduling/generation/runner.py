@@ -28,8 +28,12 @@ whether its prompt was prefilled in one chunk or several) is by construction:
 * a sequence's keys are gathered into a length padded to a multiple of ``KEY_ALIGN``
   (masked): SDPA's CPU kernel gives bitwise the same row whatever the padded length is,
   as long as it is a multiple of 16 (measured; 8 is not enough);
-* SDPA's per-block GEMMs never see a single query row (M=1 differs from M>=2): a decode
-  query is doubled to 2 rows, a prefill chunk is padded to an even number of rows.
+* SDPA's per-block kernels never see fewer than ``QUERY_ALIGN`` (4) query rows: a decode
+  query is repeated to 4 rows, and a prefill chunk is padded to a multiple of 4 rows. On
+  one Xeon 2 rows were enough (M=1 differs from M>=2); on an AVX-512 AMD EPYC the kernel
+  splits queries into blocks of 32 and a block's last 1-3 rows take another path (measured:
+  rows 1-3 and 33-35 differed from the same rows of a 40-row call, every multiple of 4
+  agreed, and a row alone in a 2-row call differed from it in a 24-row call).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .models import CausalLM, load_checkpoint
 from .work import RunnerSpec, SeqWork
 
 ROW_TILE = 16
+QUERY_ALIGN = 4  # SDPA query rows: a decode query is repeated to this many, a prefill chunk padded to a multiple
 SMALL_HIDDEN = 512  # a hidden size up to this steps on one CPU thread by default (see ModelRunner.threads)
 KEY_ALIGN = 64
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -154,7 +159,7 @@ class ModelRunner:
             kernel = "kernel unknown"
         return (
             f"torch scaled_dot_product_attention [{kernel}] on {self.device.type}, boolean key masks; "
-            f"decode items batched (padded, query doubled to 2 rows), prefill chunks per sequence "
+            f"decode items batched (padded, query repeated to {QUERY_ALIGN} rows), prefill chunks per sequence "
             f"(offset causal); keys padded to a multiple of {KEY_ALIGN}; GQA "
             f"{'native (enable_gqa)' if gqa else ('by repeat_interleave' if rep > 1 else 'n/a (MHA)')}; "
             f"row-wise layers in {ROW_TILE}-row tiles for batch invariance"
@@ -241,10 +246,10 @@ class ModelRunner:
             d_idx = np.stack([self._gather_index(bt, length, d_pad) for _, bt, length in decode])
             d_idx_t = torch.from_numpy(d_idx).to(dev)
             d_len = torch.tensor([length for _, _, length in decode], dtype=torch.long, device=dev)
-            d_mask = (torch.arange(d_pad, device=dev)[None, :] < d_len[:, None])[:, None, None, :].expand(-1, 1, 2, -1)
+            d_mask = (torch.arange(d_pad, device=dev)[None, :] < d_len[:, None])[:, None, None, :].expand(-1, 1, QUERY_ALIGN, -1)
         pre = []
         for row0, n, s, idx in prefill:
-            tq = _ceil_to(n, 2)
+            tq = _ceil_to(n, QUERY_ALIGN)
             qpos = torch.arange(s, s + tq, device=dev).clamp_(max=s + n - 1)
             mask = (torch.arange(len(idx), device=dev)[None, :] <= qpos[:, None])[None, None]
             pre.append((row0, n, tq, torch.from_numpy(idx).to(dev), mask))
@@ -264,7 +269,7 @@ class ModelRunner:
             vf[slots_t] = v[:n_rows]
             attn = torch.zeros(n_pad, H * D, dtype=self.dtype, device=dev)
             if decode:
-                qd = q[d_rows][:, :, None, :].expand(-1, -1, 2, -1).contiguous()  # stride-0 rows change the result
+                qd = q[d_rows][:, :, None, :].expand(-1, -1, QUERY_ALIGN, -1).contiguous()  # stride-0 rows change the result
                 kd = kf[d_idx_t].transpose(1, 2)
                 vd = vf[d_idx_t].transpose(1, 2)
                 od = self._sdpa(qd, kd, vd, d_mask)
