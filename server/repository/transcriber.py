@@ -21,7 +21,7 @@ transcription model is READY only while it is). Parameters (strings):
 ``pad_seconds``        chunk features are padded to a multiple of this (default 2.5)
 ``max_inflight_chunks``  per request (default 2), ``max_requests`` at once (default 64)
 ``stage_threads``      threads computing chunks' features and CTC decoding, first chunks of
-                       recordings first (default 1)
+                       recordings first (default: half the cores, at least 1)
 ``max_audio_seconds``  the longest recording taken (default 3600)
 =====================  ==================================================================
 
@@ -34,6 +34,7 @@ then the whole transcript.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def transcriber_config(p: dict[str, str], model_dir: Path) -> TranscriberConfig:
         vocabulary=vocabulary,
         oov_penalty=oov_penalty,
         max_inflight_chunks=max(1, int(p.get("max_inflight_chunks", defaults.max_inflight_chunks))),
-        stage_threads=max(1, int(p.get("stage_threads", defaults.stage_threads))),
+        stage_threads=int(p.get("stage_threads", 0)) or max(1, (os.cpu_count() or 1) // 2),
         max_requests=max(1, int(p.get("max_requests", defaults.max_requests))),
         limits=limits,
     )

@@ -77,6 +77,7 @@ class TranscriberConfig:
     oov_penalty: float = -6.0  # beam search: log-domain cost of a word outside the vocabulary
     max_inflight_chunks: int = 2  # per request
     stage_threads: int = 1  # threads for the chunks' features and CTC decoding, first chunks first
+    # (the loader's default: half the cores)
     max_requests: int = 64  # requests being transcribed at once; more are refused (503)
     limits: audio.AudioLimits = field(default_factory=audio.AudioLimits)
 

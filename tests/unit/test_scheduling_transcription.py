@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -204,6 +205,8 @@ def test_config_reads_the_decoder_parameters(tmp_path) -> None:
     config = transcriber_config({**base, "oov_penalty": "-9"}, tmp_path)
     assert (config.default_beam_width, config.oov_penalty, config.vocabulary) == (32, -9.0, frozenset({"hi", "there"}))
     assert transcriber_config(base, tmp_path).oov_penalty == TranscriberConfig("net").oov_penalty
+    assert transcriber_config({**base, "stage_threads": "3"}, tmp_path).stage_threads == 3
+    assert transcriber_config(base, tmp_path).stage_threads == max(1, (os.cpu_count() or 1) // 2)
     for bad in ("3", "cheap"):
         with pytest.raises((InvalidInput, ValueError), match="oov_penalty|could not convert"):
             transcriber_config({**base, "oov_penalty": bad}, tmp_path)
