@@ -32,7 +32,7 @@ ALPHABET = BLANK + " '" + "abcdefghijklmnopqrstuvwxyz"  # index 0 is the CTC bla
 # The served decoder (the repository's defaults; evaluated by eval_speech): beam search over the
 # word list, with the width and out-of-vocabulary cost chosen on validation audio
 # (models/tune_speech_decoder.py, results in models/results/speech_ctc.json "decoder_tuning").
-BEAM_WIDTH = 64
+BEAM_WIDTH = 32
 OOV_PENALTY = -12.0
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 
