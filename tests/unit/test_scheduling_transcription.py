@@ -115,7 +115,7 @@ async def test_chunks_come_back_in_order_with_absolute_times() -> None:
     # each "hi" sits at its chunk's first output frame: the chunk's real start, not a nominal window
     assert starts == pytest.approx([c[0] for c in chunks], abs=0.031)
     assert observer.done == [(pytest.approx(7.0), len(chunks))]
-    assert {"decode", "split", "features", "network", "ctc"} <= set(observer.steps)
+    assert {"decode", "split", "features_queue", "features", "network", "ctc_queue", "ctc"} <= set(observer.steps)
 
 
 async def test_the_stream_says_each_chunk_then_the_whole() -> None:
