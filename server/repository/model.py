@@ -42,6 +42,10 @@ class LoadOptions:
     default_max_queue_size: int = 1024
     cpu_threads: int = 0  # cores the runtimes may use in all; 0 = os.cpu_count()
 
+    @property
+    def cores(self) -> int:
+        return self.cpu_threads or os.cpu_count() or 1
+
 
 def is_ensemble(config: ModelConfig | None) -> bool:
     return config is not None and config.platform == ENSEMBLE
@@ -128,8 +132,7 @@ def runtime_options(
     config: ModelConfig, version: str, device: str, cpu_instances: int, options: LoadOptions
 ) -> RuntimeOptions:
     params = parameters(config)
-    cores = options.cpu_threads or os.cpu_count() or 1
-    threads = int(params.get("intra_op_thread_count", 0)) or max(1, cores // max(1, cpu_instances))
+    threads = int(params.get("intra_op_thread_count", 0)) or max(1, options.cores // max(1, cpu_instances))
     providers = tuple(p.strip() for p in params.get("execution_providers", "").split(",") if p.strip())
     if not providers and config.HasField("optimization"):
         accelerators = [a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator]

@@ -21,7 +21,8 @@ transcription model is READY only while it is). Parameters (strings):
 ``pad_seconds``        chunk features are padded to a multiple of this (default 2.5)
 ``max_inflight_chunks``  per request (default 2), ``max_requests`` at once (default 64)
 ``stage_threads``      threads computing chunks' features and CTC decoding, first chunks of
-                       recordings first (default: half the cores, at least 1)
+                       recordings first (default: half of ``--cpu-threads``, or of the cores;
+                       at least 1)
 ``max_audio_seconds``  the longest recording taken (default 3600)
 =====================  ==================================================================
 
@@ -63,7 +64,7 @@ def load_transcriber(name: str, version: str, model_dir: Path, config: ModelConf
         raise InvalidInput(f"{where} takes one recording per request (max_batch_size: 0); its chunks are batched "
                            "by the network's own dynamic batcher")
     try:
-        settings = transcriber_config(parameters(config), model_dir)
+        settings = transcriber_config(parameters(config), model_dir, options.cores)
     except (InvalidInput, ValueError) as exc:
         raise InvalidInput(f"{where}: {exc}") from None
     completed = _complete(config, name)
@@ -72,7 +73,9 @@ def load_transcriber(name: str, version: str, model_dir: Path, config: ModelConf
     return LoadedModel(name, version, completed, inputs, outputs, {}, telemetry, scheduler, steps=(settings.network,))
 
 
-def transcriber_config(p: dict[str, str], model_dir: Path) -> TranscriberConfig:
+def transcriber_config(p: dict[str, str], model_dir: Path, cores: int | None = None) -> TranscriberConfig:
+    """The scheduler's settings from the config's parameters; ``cores``: those the server's
+    runtimes may use (``--cpu-threads``, default all), half of which compute chunk stages."""
     if not p.get("network"):
         raise InvalidInput("the 'network' parameter must name the acoustic model")
     if len(p.get("alphabet", "")) < 2:
@@ -102,7 +105,7 @@ def transcriber_config(p: dict[str, str], model_dir: Path) -> TranscriberConfig:
         vocabulary=vocabulary,
         oov_penalty=oov_penalty,
         max_inflight_chunks=max(1, int(p.get("max_inflight_chunks", defaults.max_inflight_chunks))),
-        stage_threads=int(p.get("stage_threads", 0)) or max(1, (os.cpu_count() or 1) // 2),
+        stage_threads=int(p.get("stage_threads", 0)) or max(1, (cores or os.cpu_count() or 1) // 2),
         max_requests=max(1, int(p.get("max_requests", defaults.max_requests))),
         limits=limits,
     )
